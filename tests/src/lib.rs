@@ -1,0 +1,2 @@
+//! Harness for Moat's end-to-end tests and the local demo: test-made network
+//! namespaces, the built binaries driven like a runtime or sidecar, cleanup on drop.
