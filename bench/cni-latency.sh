@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# CNI ADD/DEL latency, moat side by side with Debian's reference ptp + host-local.
+#
+# Usage: bench/cni-latency.sh [--moat-bin PATH | --ref-only] [--samples N] [--pods N]
+#                             [--concurrency N] [--rounds N] [--json FILE]
+#   moat is found via --moat-bin, $MOAT_BIN_DIR/moat, target/release/moat, then
+#   target/debug/moat (build it with `cargo build --release -p moat-cni --bins`).
+#   CNI_REF_DIR (default /usr/lib/cni) holds ptp and host-local.
+#
+# Everything happens in namespaces this script makes and removes: one "node"
+# netns per plugin (moatbench-node-<pid>-moat / -ref) and the pod netns
+# (moatbench-<pid>-{m,r}-*), a temp dir for IPAM/state/logs. The host's root
+# netns is never touched. A trap removes all of it on success, failure or signal.
+set -Eeuo pipefail
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { log "FAIL: $*"; exit 1; }
+
+HERE=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+REF_DIR=${CNI_REF_DIR:-/usr/lib/cni}
+MOAT_BIN="" REF_ONLY=0
+SAMPLES=30 PODS=1000 CONC=32 ROUNDS=3 JSON=""
+while (($#)); do
+  case $1 in
+    --moat-bin) MOAT_BIN=$2; shift 2 ;;
+    --ref-only) REF_ONLY=1; shift ;;
+    --samples) SAMPLES=$2; shift 2 ;;
+    --pods) PODS=$2; shift 2 ;;
+    --concurrency) CONC=$2; shift 2 ;;
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --json) JSON=$(readlink -f "$2"); shift 2 ;;
+    -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    *) die "unknown argument $1" ;;
+  esac
+done
+
+[[ $(id -u) -eq 0 ]] || die "needs root (network namespaces)"
+for t in ip python3; do command -v "$t" >/dev/null || die "missing $t"; done
+for p in ptp host-local; do [[ -x $REF_DIR/$p ]] || die "$REF_DIR/$p missing (apt-get install containernetworking-plugins)"; done
+if ((!REF_ONLY)); then
+  if [[ -z $MOAT_BIN ]]; then
+    for c in ${MOAT_BIN_DIR:+"$MOAT_BIN_DIR/moat"} "$REPO/target/release/moat" "$REPO/target/debug/moat"; do
+      [[ -x $c ]] && { MOAT_BIN=$c; break; }
+    done
+  fi
+  [[ -n $MOAT_BIN && -x $MOAT_BIN ]] || die "moat binary not found (--moat-bin, MOAT_BIN_DIR, or cargo build --release -p moat-cni --bins); --ref-only measures the reference alone"
+  MOAT_BIN=$(readlink -f "$MOAT_BIN")
+  [[ $MOAT_BIN == */release/* ]] || log "note: $MOAT_BIN is not a release build"
+fi
+
+T=$(mktemp -d /tmp/moatbench.XXXXXX)
+TAG=moatbench-$$-
+NODE_MOAT=moatbench-node-$$-moat
+NODE_REF=moatbench-node-$$-ref
+helper_pid=""
+
+cleanup() {
+  local rc=$?
+  set +e
+  trap - EXIT INT TERM
+  if [[ -n $helper_pid ]] && kill -0 "$helper_pid" 2>/dev/null; then
+    kill -TERM "$helper_pid"; sleep 0.5; kill -KILL "$helper_pid" 2>/dev/null
+    wait "$helper_pid" 2>/dev/null
+  fi
+  # every netns of ours: the two node netns and the pod netns, nothing else
+  local ours
+  ours=$(ip netns list | awk '{print $1}' | grep -E "^(${TAG}|moatbench-node-$$-)" || true)
+  if [[ -n $ours ]]; then
+    log "removing $(wc -l <<<"$ours") network namespaces"
+    sed 's/^/netns delete /' <<<"$ours" | ip -force -batch - 2>/dev/null
+  fi
+  if ((rc != 0)) && [[ -s $T/moat.log ]]; then
+    log "last lines of moat's log:"; tail -n 20 "$T/moat.log" >&2
+  fi
+  rm -rf "$T"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ip netns add "$NODE_REF"
+ip -n "$NODE_REF" link set lo up
+args=(--tmp "$T" --tag "$TAG" --ref-dir "$REF_DIR" --ref-node "/run/netns/$NODE_REF"
+      --samples "$SAMPLES" --pods "$PODS" --concurrency "$CONC" --rounds "$ROUNDS")
+if ((!REF_ONLY)); then
+  ip netns add "$NODE_MOAT"
+  ip -n "$NODE_MOAT" link set lo up
+  args+=(--moat "$MOAT_BIN" --moat-node "/run/netns/$NODE_MOAT")
+fi
+[[ -n $JSON ]] && args+=(--json "$JSON")
+
+log "moat: ${MOAT_BIN:-(not measured)}; reference: $REF_DIR/ptp + host-local"
+log "kernel $(uname -r), $(nproc) cpus, load $(cut -d' ' -f1-3 /proc/loadavg)"
+python3 "$HERE/cni_latency.py" "${args[@]}" &
+helper_pid=$!
+wait "$helper_pid"
+helper_pid=""
