@@ -1,0 +1,173 @@
+//! ADD: reserve addresses, record the intent, wire the pod, report the result.
+
+use serde_json::Value;
+use tracing::{info, warn};
+
+use super::naming::{host_ifname, link_alias};
+use super::Ctx;
+use crate::ipam::{allocate, AllocError, Attachment, AttachmentKey, IpStore};
+use crate::lock::StateLock;
+use crate::netlink::sysctl::enable_forwarding;
+use crate::netlink::wiring::{gateway_for, host_prefix, AttachOutcome};
+use crate::netlink::{AttachPlan, Wiring};
+use crate::spec::result::{CniResult, Interface, IpConfig, RouteConfig};
+use crate::spec::{CniError, Code};
+
+pub(super) fn add<S: IpStore, W: Wiring>(ctx: &mut Ctx<S, W>) -> Result<Value, CniError> {
+    let record = reserve(ctx)?;
+    info!(container_id = %record.key.container_id, ifname = %record.key.ifname,
+          project = %record.project, ips = ?record.ips, "reserved");
+    let outcome = match wire(ctx, &record) {
+        Ok(o) => o,
+        Err(e) => {
+            rollback(ctx, &record);
+            return Err(e);
+        }
+    };
+    if let Err(e) = finish(ctx, &record) {
+        rollback(ctx, &record);
+        return Err(e);
+    }
+    Ok(build_result(ctx, &record, &outcome).to_json(ctx.conf.version))
+}
+
+/// Under the lock: refuse a duplicate, allocate, and persist the record before
+/// any kernel change, so a crash from here on leaves something DEL/GC can undo.
+fn reserve<S: IpStore, W: Wiring>(ctx: &mut Ctx<S, W>) -> Result<Attachment, CniError> {
+    let key = AttachmentKey::new(&ctx.inv.container_id, &ctx.inv.ifname);
+    let _lock = StateLock::acquire(&ctx.conf.state_dir())
+        .map_err(|e| CniError::from_error(Code::Io, &e))?;
+    if ctx
+        .store
+        .get(&key)
+        .map_err(|e| CniError::from_error(Code::Io, &e))?
+        .is_some()
+    {
+        return Err(CniError::new(
+            Code::AlreadyAttached,
+            format!(
+                "container {} already has {} on network {}",
+                key.container_id, key.ifname, ctx.conf.name
+            ),
+        ));
+    }
+    let store_err = |e: crate::ipam::StoreError| CniError::from_error(Code::Io, &e);
+    let taken = ctx.store.reserved().map_err(store_err)?;
+    let last = (0..ctx.conf.ranges.len())
+        .map(|i| ctx.store.last_reserved(i))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(store_err)?;
+    let ips = allocate(&ctx.conf.ranges, &taken, &last).map_err(|e| match e {
+        AllocError::Exhausted { .. } => CniError::from_error(Code::Exhausted, &e),
+    })?;
+    let record = Attachment {
+        host_ifname: host_ifname(&key),
+        key,
+        netns: ctx.inv.netns.as_ref().map(|p| p.display().to_string()),
+        ips,
+        project: project_of(ctx),
+        pod_name: ctx.inv.pod.name.clone(),
+        complete: false,
+    };
+    ctx.store.put(&record).map_err(store_err)?;
+    for (i, ip) in record.ips.iter().enumerate() {
+        ctx.store.set_last_reserved(i, *ip).map_err(store_err)?;
+    }
+    Ok(record)
+}
+
+/// The project (tenant unit) of the pod: its Kubernetes namespace, else
+/// `args.cni`, else the configured default.
+fn project_of<S, W>(ctx: &Ctx<S, W>) -> String {
+    let mut pod = ctx.inv.pod.clone();
+    pod.merge_args_cni(&ctx.conf.args_cni);
+    pod.namespace
+        .unwrap_or_else(|| ctx.conf.isolation.default_project.clone())
+}
+
+fn wire<S: IpStore, W: Wiring>(
+    ctx: &mut Ctx<S, W>,
+    record: &Attachment,
+) -> Result<AttachOutcome, CniError> {
+    enable_forwarding(ctx.conf.has_ipv6()).map_err(|e| CniError::from_error(Code::Kernel, &e))?;
+    let plan = AttachPlan {
+        host_ifname: record.host_ifname.clone(),
+        ifname: record.key.ifname.clone(),
+        netns: ctx.inv.netns.clone().expect("ADD validated CNI_NETNS"),
+        mtu: ctx.conf.mtu,
+        ips: record.ips.clone(),
+        alias: link_alias(&ctx.conf.name, &record.key),
+    };
+    ctx.wiring
+        .attach(&plan)
+        .map_err(|e| CniError::from_error(Code::Kernel, &e))
+}
+
+fn finish<S: IpStore, W: Wiring>(ctx: &mut Ctx<S, W>, record: &Attachment) -> Result<(), CniError> {
+    let _lock = StateLock::acquire(&ctx.conf.state_dir())
+        .map_err(|e| CniError::from_error(Code::Io, &e))?;
+    let done = Attachment {
+        complete: true,
+        ..record.clone()
+    };
+    ctx.store
+        .write_record(&done)
+        .map_err(|e| CniError::from_error(Code::Io, &e))
+}
+
+/// Undo everything a failed ADD did; failures here are logged, the original
+/// error is what the runtime must see.
+fn rollback<S: IpStore, W: Wiring>(ctx: &mut Ctx<S, W>, record: &Attachment) {
+    if let Err(e) = ctx.wiring.detach(&record.host_ifname) {
+        warn!(ifname = %record.host_ifname, error = %e, "rollback: cannot remove veth");
+    }
+    let removed = StateLock::acquire(&ctx.conf.state_dir())
+        .map_err(|e| e.to_string())
+        .and_then(|_lock| ctx.store.remove(&record.key).map_err(|e| e.to_string()));
+    if let Err(e) = removed {
+        warn!(container_id = %record.key.container_id, error = %e, "rollback: cannot release addresses");
+    }
+}
+
+fn build_result<S, W>(ctx: &Ctx<S, W>, record: &Attachment, outcome: &AttachOutcome) -> CniResult {
+    let sandbox = ctx.inv.netns.as_ref().map(|p| p.display().to_string());
+    let mut routes: Vec<RouteConfig> = Vec::new();
+    for ip in &record.ips {
+        let dst = if ip.is_ipv4() { "0.0.0.0/0" } else { "::/0" }
+            .parse()
+            .expect("literal");
+        if !routes.iter().any(|r| r.dst == dst) {
+            routes.push(RouteConfig {
+                dst,
+                gw: gateway_for(*ip),
+            });
+        }
+    }
+    CniResult {
+        interfaces: vec![
+            Interface {
+                name: record.host_ifname.clone(),
+                mac: outcome.host_mac.clone(),
+                mtu: ctx.conf.mtu,
+                sandbox: None,
+            },
+            Interface {
+                name: record.key.ifname.clone(),
+                mac: outcome.pod_mac.clone(),
+                mtu: ctx.conf.mtu,
+                sandbox,
+            },
+        ],
+        ips: record
+            .ips
+            .iter()
+            .map(|ip| IpConfig {
+                address: host_prefix(*ip),
+                gateway: gateway_for(*ip),
+                interface: 1,
+            })
+            .collect(),
+        routes,
+        dns: ctx.conf.dns.clone(),
+    }
+}

@@ -1,0 +1,45 @@
+//! Crash-safe file replacement: a reader sees the old file or the new one, never half.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// Write `bytes` to `dir/name` via a temp file, fsync and rename, then fsync `dir`.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    write_atomic_nosync_dir(dir, name, bytes)?;
+    sync_dir(dir)
+}
+
+/// As [`write_atomic`] but leaves the directory fsync to the caller, who may
+/// batch several renames in one directory into one fsync.
+pub fn write_atomic_nosync_dir(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!(".tmp.{}.{}", std::process::id(), name));
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_data()?;
+    drop(f);
+    fs::rename(&tmp, dir.join(name)).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
+}
+
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Remove temp files left by a writer that died before its rename.
+pub fn remove_stale_temps(dir: &Path) -> io::Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(".tmp.") {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,216 @@
+//! [`IpStore`] on disk: `ips/<address>` holds the owner's key,
+//! `attachments/<cid>:<ifname>.json` the record, `last/<set>` the allocation cursor.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use super::store::{Attachment, AttachmentKey, IpStore, StoreError};
+use crate::durable::{remove_stale_temps, sync_dir, write_atomic, write_atomic_nosync_dir};
+
+pub struct DiskStore {
+    ips: PathBuf,
+    records: PathBuf,
+    last: PathBuf,
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
+    move |source| StoreError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl DiskStore {
+    /// Open (creating if needed) the store under a network's state directory.
+    pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
+        let store = Self {
+            ips: state_dir.join("ips"),
+            records: state_dir.join("attachments"),
+            last: state_dir.join("last"),
+        };
+        for d in [&store.ips, &store.records, &store.last] {
+            fs::create_dir_all(d).map_err(io_err("create", d))?;
+        }
+        Ok(store)
+    }
+
+    fn record_path(&self, key: &AttachmentKey) -> PathBuf {
+        self.records.join(format!("{}.json", key.file_stem()))
+    }
+
+    fn read_record(path: &Path) -> Result<Option<Attachment>, StoreError> {
+        match fs::read(path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map(Some)
+                .map_err(|source| StoreError::Corrupt {
+                    path: path.to_path_buf(),
+                    source,
+                }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("read", path)(e)),
+        }
+    }
+
+    fn ip_owner(&self, ip: &IpAddr) -> Option<String> {
+        fs::read_to_string(self.ips.join(ip.to_string())).ok()
+    }
+
+    /// Drop temp files of writers that were killed.
+    fn sweep_temps(&self) -> Result<(), StoreError> {
+        for d in [&self.ips, &self.records, &self.last] {
+            remove_stale_temps(d).map_err(io_err("sweep", d))?;
+        }
+        Ok(())
+    }
+}
+
+impl IpStore for DiskStore {
+    fn get(&self, key: &AttachmentKey) -> Result<Option<Attachment>, StoreError> {
+        Self::read_record(&self.record_path(key))
+    }
+
+    fn list(&self) -> Result<Vec<Attachment>, StoreError> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.records).map_err(io_err("list", &self.records))? {
+            let path = entry.map_err(io_err("list", &self.records))?.path();
+            if path.extension().is_some_and(|e| e == "json") {
+                out.extend(Self::read_record(&path)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn reserved(&self) -> Result<HashSet<IpAddr>, StoreError> {
+        let entries = fs::read_dir(&self.ips).map_err(io_err("list", &self.ips))?;
+        Ok(entries
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect())
+    }
+
+    fn last_reserved(&self, set_index: usize) -> Result<Option<IpAddr>, StoreError> {
+        let p = self.last.join(set_index.to_string());
+        match fs::read_to_string(&p) {
+            Ok(s) => Ok(s.trim().parse().ok()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("read", &p)(e)),
+        }
+    }
+
+    fn put(&mut self, record: &Attachment) -> Result<(), StoreError> {
+        let owner = record.key.file_stem();
+        for ip in &record.ips {
+            write_atomic_nosync_dir(&self.ips, &ip.to_string(), owner.as_bytes())
+                .map_err(io_err("reserve", &self.ips))?;
+        }
+        sync_dir(&self.ips).map_err(io_err("sync", &self.ips))?;
+        self.write_record(record)
+    }
+
+    fn write_record(&mut self, record: &Attachment) -> Result<(), StoreError> {
+        let json = serde_json::to_vec_pretty(record).expect("record serialises");
+        let name = format!("{}.json", record.key.file_stem());
+        write_atomic(&self.records, &name, &json).map_err(io_err("write", &self.records))
+    }
+
+    fn set_last_reserved(&mut self, set_index: usize, ip: IpAddr) -> Result<(), StoreError> {
+        // The cursor is a hint: losing it in a crash only changes which free address comes next.
+        write_atomic_nosync_dir(
+            &self.last,
+            &set_index.to_string(),
+            ip.to_string().as_bytes(),
+        )
+        .map_err(io_err("write", &self.last))
+    }
+
+    fn remove(&mut self, key: &AttachmentKey) -> Result<Option<Attachment>, StoreError> {
+        let path = self.record_path(key);
+        let Some(record) = Self::read_record(&path)? else {
+            return Ok(None);
+        };
+        let owner = key.file_stem();
+        // Only drop reservations this attachment still owns.
+        for ip in &record.ips {
+            if self.ip_owner(ip).as_deref() == Some(owner.as_str()) {
+                let p = self.ips.join(ip.to_string());
+                fs::remove_file(&p)
+                    .or_else(ignore_missing)
+                    .map_err(io_err("release", &p))?;
+            }
+        }
+        sync_dir(&self.ips).map_err(io_err("sync", &self.ips))?;
+        fs::remove_file(&path)
+            .or_else(ignore_missing)
+            .map_err(io_err("remove", &path))?;
+        sync_dir(&self.records).map_err(io_err("sync", &self.records))?;
+        Ok(Some(record))
+    }
+
+    fn release_orphans(&mut self) -> Result<Vec<IpAddr>, StoreError> {
+        self.sweep_temps()?;
+        let mut released = Vec::new();
+        for ip in self.reserved()? {
+            let Some(owner) = self.ip_owner(&ip) else {
+                continue;
+            };
+            if !self.records.join(format!("{owner}.json")).exists() {
+                let p = self.ips.join(ip.to_string());
+                fs::remove_file(&p)
+                    .or_else(ignore_missing)
+                    .map_err(io_err("release", &p))?;
+                released.push(ip);
+            }
+        }
+        Ok(released)
+    }
+}
+
+fn ignore_missing(e: io::Error) -> io::Result<()> {
+    if e.kind() == io::ErrorKind::NotFound {
+        Ok(())
+    } else {
+        Err(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(cid: &str, ips: &[&str]) -> Attachment {
+        Attachment {
+            key: AttachmentKey::new(cid, "eth0"),
+            netns: None,
+            host_ifname: "moat0".into(),
+            ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
+            project: "p".into(),
+            pod_name: None,
+            complete: true,
+        }
+    }
+
+    #[test]
+    fn put_get_remove_and_orphans() {
+        let dir = std::env::temp_dir().join(format!("moat-disk-test-{}", std::process::id()));
+        let mut s = DiskStore::open(&dir).unwrap();
+        let r = record("c1", &["10.0.0.2", "fd00::2"]);
+        s.put(&r).unwrap();
+        assert_eq!(s.get(&r.key).unwrap().unwrap(), r);
+        assert_eq!(s.reserved().unwrap().len(), 2);
+        s.set_last_reserved(0, "10.0.0.2".parse().unwrap()).unwrap();
+        assert_eq!(s.last_reserved(0).unwrap().unwrap().to_string(), "10.0.0.2");
+        // A crash between reservation and record leaves an orphan reservation.
+        fs::write(dir.join("ips/10.0.0.9"), "gone:eth0").unwrap();
+        assert_eq!(
+            s.release_orphans().unwrap(),
+            vec!["10.0.0.9".parse::<IpAddr>().unwrap()]
+        );
+        assert_eq!(s.remove(&r.key).unwrap().unwrap(), r);
+        assert!(s.remove(&r.key).unwrap().is_none());
+        assert!(s.reserved().unwrap().is_empty());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

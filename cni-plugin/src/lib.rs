@@ -1,0 +1,10 @@
+//! Moat's CNI plugin: routed veth wiring, node-local IPAM and nftables tenant isolation.
+
+pub mod cmd;
+pub mod durable;
+pub mod entry;
+pub mod ipam;
+pub mod lock;
+pub mod logging;
+pub mod netlink;
+pub mod spec;

@@ -1,0 +1,9 @@
+//! Links, addresses, routes and neighbours through rtnetlink; sysctls for forwarding.
+
+pub mod ops;
+pub mod socket;
+pub mod sysctl;
+pub mod wiring;
+
+pub use socket::{NetlinkSocket, SocketError};
+pub use wiring::{AttachPlan, KernelWiring, Observed, Wiring, WiringError};

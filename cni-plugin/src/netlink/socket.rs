@@ -1,0 +1,163 @@
+//! A small synchronous rtnetlink socket: send one request, read its replies.
+//! The CNI binary is short-lived, so no async runtime is started for this.
+
+use std::fs::File;
+use std::path::Path;
+
+use netlink_packet_core::{
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
+    NLM_F_REQUEST,
+};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
+use nix::sched::{setns, CloneFlags};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error("cannot open netlink socket")]
+    Open(#[source] std::io::Error),
+    #[error("cannot enter network namespace {path}")]
+    Netns {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("netlink {what} failed")]
+    Request {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("netlink {what}: undecodable reply: {detail}")]
+    Decode { what: &'static str, detail: String },
+}
+
+impl SocketError {
+    /// The errno the kernel answered with, if this is a kernel refusal.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Self::Request { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+/// How a request wants to be treated by the kernel.
+#[derive(Debug, Clone, Copy)]
+pub enum Flags {
+    /// Create; fail if it exists.
+    CreateExcl,
+    /// Change or delete an existing object.
+    Ack,
+    Dump,
+}
+
+pub struct NetlinkSocket {
+    socket: Socket,
+    seq: u32,
+}
+
+impl NetlinkSocket {
+    /// A socket in the calling thread's network namespace.
+    pub fn open() -> Result<Self, SocketError> {
+        let mut socket = Socket::new(NETLINK_ROUTE).map_err(SocketError::Open)?;
+        socket.bind_auto().map_err(SocketError::Open)?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(SocketError::Open)?;
+        let _ = socket.set_ext_ack(true);
+        Ok(Self { socket, seq: 0 })
+    }
+
+    /// A socket bound inside another netns. A netlink socket stays in the
+    /// namespace it was created in, so a short-lived thread enters the netns,
+    /// opens it and exits: the caller's own thread never changes namespace.
+    pub fn open_in(netns: &Path) -> Result<Self, SocketError> {
+        let ns_err = |source| SocketError::Netns {
+            path: netns.display().to_string(),
+            source,
+        };
+        let file = File::open(netns).map_err(ns_err)?;
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| ns_err(e.into()))?;
+                Self::open()
+            })
+            .join()
+            .expect("netns thread does not panic")
+        })
+    }
+
+    /// Send one request and collect every reply message until the ack or dump end.
+    pub fn request(
+        &mut self,
+        what: &'static str,
+        msg: RouteNetlinkMessage,
+        flags: Flags,
+    ) -> Result<Vec<RouteNetlinkMessage>, SocketError> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST
+            | match flags {
+                Flags::CreateExcl => NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+                Flags::Ack => NLM_F_ACK,
+                Flags::Dump => NLM_F_DUMP,
+            };
+        header.sequence_number = self.seq;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+        packet.finalize();
+        let mut buf = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut buf);
+        self.socket
+            .send(&buf, 0)
+            .map_err(|source| SocketError::Request { what, source })?;
+        self.read_replies(what)
+    }
+
+    fn read_replies(
+        &mut self,
+        what: &'static str,
+    ) -> Result<Vec<RouteNetlinkMessage>, SocketError> {
+        let mut out = Vec::new();
+        loop {
+            let (data, _) = self
+                .socket
+                .recv_from_full()
+                .map_err(|source| SocketError::Request { what, source })?;
+            let mut offset = 0;
+            while offset < data.len() {
+                let msg = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&data[offset..])
+                    .map_err(|e| SocketError::Decode {
+                        what,
+                        detail: e.to_string(),
+                    })?;
+                let len = msg.header.length as usize;
+                if len == 0 {
+                    return Err(SocketError::Decode {
+                        what,
+                        detail: "zero-length message".into(),
+                    });
+                }
+                offset += (len + 3) & !3;
+                if msg.header.sequence_number != self.seq {
+                    continue;
+                }
+                match msg.payload {
+                    NetlinkPayload::Done(_) => return Ok(out),
+                    NetlinkPayload::Error(e) => {
+                        return match e.code {
+                            None => Ok(out),
+                            Some(_) => Err(SocketError::Request {
+                                what,
+                                source: e.to_io(),
+                            }),
+                        }
+                    }
+                    NetlinkPayload::InnerMessage(m) => out.push(m),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+}

@@ -1,0 +1,275 @@
+//! The pod's datapath: a veth pair, /32 and /128 addresses, a link-local
+//! gateway with a permanent neighbour entry, and host routes to the pod.
+
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use ipnetwork::IpNetwork;
+use netlink_packet_route::AddressFamily;
+
+use super::ops::{LinkInfoLite, VethRequest};
+use super::socket::{NetlinkSocket, SocketError};
+
+pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+/// Every host-side veth carries this MAC (as Calico does): the pod's
+/// gateway neighbour entry is then known before the veth exists.
+pub const HOST_MAC: [u8; 6] = [0xee; 6];
+
+pub fn gateway_for(ip: IpAddr) -> IpAddr {
+    if ip.is_ipv4() {
+        GATEWAY_V4.into()
+    } else {
+        GATEWAY_V6.into()
+    }
+}
+
+pub fn host_prefix(ip: IpAddr) -> IpNetwork {
+    IpNetwork::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("host prefix is valid")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachPlan {
+    pub host_ifname: String,
+    pub ifname: String,
+    pub netns: PathBuf,
+    pub mtu: u32,
+    pub ips: Vec<IpAddr>,
+    /// Link alias on the host veth; names network and attachment for GC.
+    pub alias: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachOutcome {
+    pub host_mac: String,
+    pub pod_mac: String,
+}
+
+/// What CHECK compares against the record.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    pub host_link: Option<LinkInfoLite>,
+    pub pod_link: Option<LinkInfoLite>,
+    pub pod_addrs: Vec<IpNetwork>,
+    /// (destination, gateway) of routes out of the pod interface.
+    pub pod_routes: Vec<(IpNetwork, Option<IpAddr>)>,
+    /// Destinations routed out of the host veth.
+    pub host_routes: Vec<IpNetwork>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WiringError {
+    #[error("cannot open netns {path}")]
+    Netns {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{step} for {ifname}")]
+    Step {
+        step: &'static str,
+        ifname: String,
+        #[source]
+        source: SocketError,
+    },
+    #[error("{ifname} did not appear after creation")]
+    Missing { ifname: String },
+}
+
+/// The kernel side of an attachment, narrow enough to fake in unit tests.
+pub trait Wiring {
+    fn attach(&mut self, plan: &AttachPlan) -> Result<AttachOutcome, WiringError>;
+    /// Remove the host veth (its peer goes with it); `false` if already gone.
+    fn detach(&mut self, host_ifname: &str) -> Result<bool, WiringError>;
+    fn observe(
+        &mut self,
+        host_ifname: &str,
+        netns: &Path,
+        ifname: &str,
+    ) -> Result<Observed, WiringError>;
+    /// Host links whose alias starts with `prefix`, as (name, alias).
+    fn labelled_links(&mut self, prefix: &str) -> Result<Vec<(String, String)>, WiringError>;
+}
+
+pub struct KernelWiring {
+    host: NetlinkSocket,
+}
+
+fn step<'a>(step: &'static str, ifname: &'a str) -> impl FnOnce(SocketError) -> WiringError + 'a {
+    move |source| WiringError::Step {
+        step,
+        ifname: ifname.to_string(),
+        source,
+    }
+}
+
+impl KernelWiring {
+    pub fn new() -> Result<Self, WiringError> {
+        let host = NetlinkSocket::open().map_err(step("open netlink", "host"))?;
+        Ok(Self { host })
+    }
+
+    fn wire_pod(
+        &mut self,
+        pod: &mut NetlinkSocket,
+        plan: &AttachPlan,
+    ) -> Result<LinkInfoLite, WiringError> {
+        let ifn = plan.ifname.as_str();
+        let link = pod
+            .link_by_name(ifn)
+            .map_err(step("find pod link", ifn))?
+            .ok_or_else(|| WiringError::Missing { ifname: ifn.into() })?;
+        for ip in &plan.ips {
+            pod.add_host_address(link.index, *ip)
+                .map_err(step("add pod address", ifn))?;
+        }
+        pod.set_up(link.index, None)
+            .map_err(step("set pod link up", ifn))?;
+        let mut families: Vec<bool> = plan.ips.iter().map(|ip| ip.is_ipv4()).collect();
+        families.dedup();
+        for v4 in families {
+            let gw: IpAddr = if v4 {
+                GATEWAY_V4.into()
+            } else {
+                GATEWAY_V6.into()
+            };
+            pod.add_neighbour(link.index, gw, HOST_MAC)
+                .map_err(step("add gateway neighbour", ifn))?;
+            let default: IpNetwork = if v4 {
+                "0.0.0.0/0".parse()
+            } else {
+                "::/0".parse()
+            }
+            .expect("literal");
+            pod.add_route(default, link.index, Some(gw))
+                .map_err(step("add default route", ifn))?;
+        }
+        Ok(link)
+    }
+}
+
+impl Wiring for KernelWiring {
+    fn attach(&mut self, plan: &AttachPlan) -> Result<AttachOutcome, WiringError> {
+        let ns = File::open(&plan.netns).map_err(|source| WiringError::Netns {
+            path: plan.netns.clone(),
+            source,
+        })?;
+        let mut pod =
+            NetlinkSocket::open_in(&plan.netns).map_err(step("open pod netlink", &plan.ifname))?;
+        let host_if = plan.host_ifname.as_str();
+        let req = VethRequest {
+            host: host_if,
+            peer: &plan.ifname,
+            peer_netns: ns.as_raw_fd(),
+            mtu: plan.mtu,
+            host_mac: HOST_MAC,
+        };
+        self.host
+            .create_veth(&req)
+            .map_err(step("create veth", host_if))?;
+        let host_link = self
+            .host
+            .link_by_name(host_if)
+            .map_err(step("find host link", host_if))?
+            .ok_or_else(|| WiringError::Missing {
+                ifname: host_if.into(),
+            })?;
+        self.host
+            .set_up(host_link.index, Some(&plan.alias))
+            .map_err(step("set host link up", host_if))?;
+        let pod_link = self.wire_pod(&mut pod, plan)?;
+        let pod_mac: [u8; 6] =
+            pod_link
+                .mac
+                .as_slice()
+                .try_into()
+                .map_err(|_| WiringError::Missing {
+                    ifname: format!("{} MAC", plan.ifname),
+                })?;
+        for ip in &plan.ips {
+            self.host
+                .add_route(host_prefix(*ip), host_link.index, None)
+                .map_err(step("add host route", host_if))?;
+            // The host veth's link-local address is still in DAD for a second
+            // after creation; a permanent entry needs no ARP/ND at all.
+            self.host
+                .add_neighbour(host_link.index, *ip, pod_mac)
+                .map_err(step("add pod neighbour", host_if))?;
+        }
+        Ok(AttachOutcome {
+            host_mac: format_mac(&HOST_MAC),
+            pod_mac: format_mac(&pod_link.mac),
+        })
+    }
+
+    fn detach(&mut self, host_ifname: &str) -> Result<bool, WiringError> {
+        self.host
+            .delete_link(host_ifname)
+            .map_err(step("delete link", host_ifname))
+    }
+
+    fn observe(
+        &mut self,
+        host_ifname: &str,
+        netns: &Path,
+        ifname: &str,
+    ) -> Result<Observed, WiringError> {
+        let mut out = Observed {
+            host_link: self
+                .host
+                .link_by_name(host_ifname)
+                .map_err(step("find host link", host_ifname))?,
+            ..Observed::default()
+        };
+        if let Some(h) = &out.host_link {
+            for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
+                let routes = self
+                    .host
+                    .routes(fam)
+                    .map_err(step("dump host routes", host_ifname))?;
+                out.host_routes
+                    .extend(routes.into_iter().filter(|r| r.2 == h.index).map(|r| r.0));
+            }
+        }
+        let mut pod = NetlinkSocket::open_in(netns).map_err(step("open pod netlink", ifname))?;
+        out.pod_link = pod
+            .link_by_name(ifname)
+            .map_err(step("find pod link", ifname))?;
+        if let Some(p) = &out.pod_link {
+            out.pod_addrs = pod
+                .addresses(p.index)
+                .map_err(step("dump pod addresses", ifname))?;
+            for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
+                let routes = pod.routes(fam).map_err(step("dump pod routes", ifname))?;
+                out.pod_routes.extend(
+                    routes
+                        .into_iter()
+                        .filter(|r| r.2 == p.index)
+                        .map(|r| (r.0, r.1)),
+                );
+            }
+        }
+        Ok(out)
+    }
+
+    fn labelled_links(&mut self, prefix: &str) -> Result<Vec<(String, String)>, WiringError> {
+        let links = self.host.links().map_err(step("dump links", "host"))?;
+        Ok(links
+            .into_iter()
+            .filter_map(|l| {
+                l.alias
+                    .filter(|a| a.starts_with(prefix))
+                    .map(|a| (l.name, a))
+            })
+            .collect())
+    }
+}
+
+pub fn format_mac(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
