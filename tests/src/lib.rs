@@ -1,2 +1,6 @@
 //! Harness for Moat's end-to-end tests and the local demo: test-made network
 //! namespaces, the built binaries driven like a runtime or sidecar, cleanup on drop.
+
+pub mod bins;
+pub mod cni;
+pub mod netns;

@@ -8,6 +8,8 @@ mod gc;
 mod naming;
 mod status;
 mod teardown;
+#[cfg(test)]
+mod tests;
 
 use serde_json::Value;
 

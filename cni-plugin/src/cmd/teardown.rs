@@ -27,6 +27,10 @@ pub(super) fn teardown<S: IpStore, W: Wiring>(
     store
         .remove(key)
         .map_err(|e| CniError::from_error(Code::Io, &e))?;
+    // A writer killed mid-ADD may have left a temp file; under the lock none is live.
+    store
+        .sweep()
+        .map_err(|e| CniError::from_error(Code::Io, &e))?;
     info!(container_id = %key.container_id, ifname = %key.ifname, host_ifname = %host,
           had_record = record.is_some(), removed_link, "torn down");
     Ok(())

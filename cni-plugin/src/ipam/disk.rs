@@ -58,14 +58,6 @@ impl DiskStore {
     fn ip_owner(&self, ip: &IpAddr) -> Option<String> {
         fs::read_to_string(self.ips.join(ip.to_string())).ok()
     }
-
-    /// Drop temp files of writers that were killed.
-    fn sweep_temps(&self) -> Result<(), StoreError> {
-        for d in [&self.ips, &self.records, &self.last] {
-            remove_stale_temps(d).map_err(io_err("sweep", d))?;
-        }
-        Ok(())
-    }
 }
 
 impl IpStore for DiskStore {
@@ -100,14 +92,17 @@ impl IpStore for DiskStore {
         }
     }
 
+    /// Record first, reservations second: a crash in between leaves a record
+    /// whose DEL finds and releases whatever reservations were made, never a
+    /// reservation that no DEL can attribute.
     fn put(&mut self, record: &Attachment) -> Result<(), StoreError> {
+        self.write_record(record)?;
         let owner = record.key.file_stem();
         for ip in &record.ips {
             write_atomic_nosync_dir(&self.ips, &ip.to_string(), owner.as_bytes())
                 .map_err(io_err("reserve", &self.ips))?;
         }
-        sync_dir(&self.ips).map_err(io_err("sync", &self.ips))?;
-        self.write_record(record)
+        sync_dir(&self.ips).map_err(io_err("sync", &self.ips))
     }
 
     fn write_record(&mut self, record: &Attachment) -> Result<(), StoreError> {
@@ -149,8 +144,15 @@ impl IpStore for DiskStore {
         Ok(Some(record))
     }
 
+    fn sweep(&mut self) -> Result<(), StoreError> {
+        for d in [&self.ips, &self.records, &self.last] {
+            remove_stale_temps(d).map_err(io_err("sweep", d))?;
+        }
+        Ok(())
+    }
+
     fn release_orphans(&mut self) -> Result<Vec<IpAddr>, StoreError> {
-        self.sweep_temps()?;
+        self.sweep()?;
         let mut released = Vec::new();
         for ip in self.reserved()? {
             let Some(owner) = self.ip_owner(&ip) else {

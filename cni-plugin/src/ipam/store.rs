@@ -73,6 +73,8 @@ pub trait IpStore {
     fn set_last_reserved(&mut self, set_index: usize, ip: IpAddr) -> Result<(), StoreError>;
     /// Drop the record and its reservations; `None` if there was none.
     fn remove(&mut self, key: &AttachmentKey) -> Result<Option<Attachment>, StoreError>;
+    /// Remove half-written files of writers that died; only safe under the lock.
+    fn sweep(&mut self) -> Result<(), StoreError>;
     /// Reservations whose owner record does not exist (crash leftovers).
     fn release_orphans(&mut self) -> Result<Vec<IpAddr>, StoreError>;
 }

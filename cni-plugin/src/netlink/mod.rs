@@ -1,5 +1,7 @@
 //! Links, addresses, routes and neighbours through rtnetlink; sysctls for forwarding.
 
+#[cfg(test)]
+pub mod fake;
 pub mod ops;
 pub mod socket;
 pub mod sysctl;
