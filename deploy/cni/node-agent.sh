@@ -1,0 +1,77 @@
+#!/bin/sh
+# moat-cni node agent (the DaemonSet's long-running container, host network).
+#
+# Every MOAT_AGENT_INTERVAL seconds (default 10):
+#  1. routes: for every other node, a route to each of its pod CIDRs via its
+#     InternalIP of the same family (moat is routed, no overlay: nodes on one L2
+#     segment, as kind's are, need nothing else). Our routes carry protocol 0x4d
+#     ("M") so stale ones (node gone) are found and removed; others are never touched.
+#  2. policy: when the ConfigMap's policy.json changes, it replaces the node's
+#     <dataDir>/policy.json and `moat reconcile` applies it to running pods in one
+#     transaction. Operators who prefer the CLI leave policy.json out of the
+#     ConfigMap and run `moat project ...` in this container on every node.
+#  3. self-heal: `moat reconcile` when CNI STATUS answers 51 (table gone).
+set -u
+. /usr/local/lib/moat/kube-api.sh
+
+: "${NODE_NAME:?NODE_NAME must be set from the downward API}"
+CONF=${MOAT_CONFIG:-/etc/cni/net.d/10-moat.conflist}
+DATA_DIR=${MOAT_DATA_DIR:-/var/lib/cni/moat}
+POLICY_SRC=/etc/moat/policy.json
+INTERVAL=${MOAT_AGENT_INTERVAL:-10}
+PROTO=77
+
+log() { echo "moat-agent: $*" >&2; }
+
+sync_routes() {
+  nodes=$(kube_get /api/v1/nodes) || { log "cannot list nodes"; return; }
+  want=$(printf '%s' "$nodes" | jq -r --arg me "$NODE_NAME" '
+    .items[] | select(.metadata.name != $me)
+    | [.status.addresses[]? | select(.type == "InternalIP") | .address] as $ips
+    | (.spec.podCIDRs // [.spec.podCIDR // empty])[] as $cidr
+    | ($ips[] | select((contains(":")) == ($cidr | contains(":")))) as $via
+    | "\($cidr) \($via)"')
+  printf '%s\n' "$want" | while read -r cidr via; do
+    [ -n "$cidr" ] || continue
+    ip route replace "$cidr" via "$via" proto "$PROTO" || log "route $cidr via $via failed"
+  done
+  for fam in -4 -6; do
+    ip "$fam" route show proto "$PROTO" | while read -r dst _; do
+      printf '%s\n' "$want" | grep -q "^$dst " || { ip "$fam" route del "$dst" proto "$PROTO"; log "removed stale route $dst"; }
+    done
+  done
+}
+
+last_policy=""
+sync_policy() {
+  [ -s "$POLICY_SRC" ] || return 0
+  sum=$(sha256sum "$POLICY_SRC" | cut -d' ' -f1)
+  [ "$sum" = "$last_policy" ] && return 0
+  if [ -n "$last_policy" ] || ! cmp -s "$POLICY_SRC" "$DATA_DIR/policy.json"; then
+    cp "$POLICY_SRC" "$DATA_DIR/.policy.json.new" && mv -f "$DATA_DIR/.policy.json.new" "$DATA_DIR/policy.json"
+    if moat --config "$CONF" reconcile; then log "applied policy from the ConfigMap ($sum)"; else log "reconcile failed"; return; fi
+  fi
+  last_policy=$sum
+}
+
+heal() {
+  [ -f "$CONF" ] || return 0
+  # CNI STATUS (spec 1.1) answers 51 when moat's table is gone: rebuild it
+  plugin=$(jq -c '. as $l | .plugins[] | select(.type == "moat") | . + {cniVersion: "1.1.0", name: $l.name}' "$CONF") || return 0
+  out=$(printf '%s' "$plugin" | CNI_COMMAND=STATUS CNI_PATH=/opt/cni/bin moat 2>/dev/null) && return 0
+  code=$(printf '%s' "$out" | jq -r '.code // empty' 2>/dev/null)
+  if [ "$code" = 51 ]; then
+    log "STATUS 51 (table missing): reconciling"
+    moat --config "$CONF" reconcile || log "reconcile failed"
+  fi
+}
+
+trap 'exit 0' TERM INT
+log "node $NODE_NAME, config $CONF, every ${INTERVAL}s"
+while :; do
+  sync_routes
+  sync_policy
+  heal
+  sleep "$INTERVAL" &
+  wait $!
+done
