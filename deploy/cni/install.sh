@@ -51,6 +51,7 @@ mv -f "$BIN_DIR/.moat.new" "$BIN_DIR/moat"
 if [ ! -s "$DATA_DIR/policy.json" ] && [ -s /etc/moat/policy.json ]; then
   cp /etc/moat/policy.json "$DATA_DIR/.policy.json.new"
   mv -f "$DATA_DIR/.policy.json.new" "$DATA_DIR/policy.json"
+  sha256sum /etc/moat/policy.json | cut -d' ' -f1 > "$DATA_DIR/.configmap-policy.sha256"
   log "seeded $DATA_DIR/policy.json from the ConfigMap"
 fi
 

@@ -6,9 +6,9 @@
 #     InternalIP of the same family (moat is routed, no overlay: nodes on one L2
 #     segment, as kind's are, need nothing else). Our routes carry protocol 0x4d
 #     ("M") so stale ones (node gone) are found and removed; others are never touched.
-#  2. policy: when the ConfigMap's policy.json changes, it replaces the node's
-#     <dataDir>/policy.json and `moat reconcile` applies it to running pods in one
-#     transaction. Operators who prefer the CLI leave policy.json out of the
+#  2. policy: when the ConfigMap's policy.json changes (compared with the last one
+#     applied on this node), it replaces the node's <dataDir>/policy.json and
+#     `moat reconcile` applies it to running pods in one transaction. Operators who prefer the CLI leave policy.json out of the
 #     ConfigMap and run `moat project ...` in this container on every node.
 #  3. self-heal: `moat reconcile` when CNI STATUS answers 51 (table gone).
 set -u
@@ -42,16 +42,20 @@ sync_routes() {
   done
 }
 
-last_policy=""
+# The checksum of the last ConfigMap policy applied on this node is kept next to
+# the policy, so an agent restart does not undo CLI changes made since then.
+APPLIED=$DATA_DIR/.configmap-policy.sha256
 sync_policy() {
   [ -s "$POLICY_SRC" ] || return 0
   sum=$(sha256sum "$POLICY_SRC" | cut -d' ' -f1)
-  [ "$sum" = "$last_policy" ] && return 0
-  if [ -n "$last_policy" ] || ! cmp -s "$POLICY_SRC" "$DATA_DIR/policy.json"; then
-    cp "$POLICY_SRC" "$DATA_DIR/.policy.json.new" && mv -f "$DATA_DIR/.policy.json.new" "$DATA_DIR/policy.json"
-    if moat --config "$CONF" reconcile; then log "applied policy from the ConfigMap ($sum)"; else log "reconcile failed"; return; fi
+  [ "$sum" = "$(cat "$APPLIED" 2>/dev/null)" ] && return 0
+  cp "$POLICY_SRC" "$DATA_DIR/.policy.json.new" && mv -f "$DATA_DIR/.policy.json.new" "$DATA_DIR/policy.json" || return 0
+  if moat --config "$CONF" reconcile; then
+    echo "$sum" > "$APPLIED"
+    log "applied policy from the ConfigMap ($sum)"
+  else
+    log "reconcile after a policy change failed; will retry"
   fi
-  last_policy=$sum
 }
 
 heal() {
