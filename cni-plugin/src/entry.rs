@@ -5,6 +5,7 @@ use std::io::Read;
 use serde_json::Value;
 
 use crate::cmd::{dispatch, Ctx};
+use crate::firewall::NftFirewall;
 use crate::ipam::DiskStore;
 use crate::logging;
 use crate::netlink::KernelWiring;
@@ -55,11 +56,13 @@ fn run_inner(stdin: &[u8], asked: Option<&str>) -> Result<Option<String>, CniErr
     let mut store =
         DiskStore::open(&conf.state_dir()).map_err(|e| CniError::from_error(Code::Io, &e))?;
     let mut wiring = KernelWiring::new().map_err(|e| CniError::from_error(Code::Kernel, &e))?;
+    let mut firewall = NftFirewall::new();
     let mut ctx = Ctx {
         conf: &conf,
         inv: &inv,
         store: &mut store,
         wiring: &mut wiring,
+        firewall: &mut firewall,
     };
     Ok(dispatch(&mut ctx)?.map(|v| v.to_string()))
 }

@@ -3,8 +3,10 @@
 pub mod cmd;
 pub mod durable;
 pub mod entry;
+pub mod firewall;
 pub mod ipam;
 pub mod lock;
 pub mod logging;
 pub mod netlink;
+pub mod policy;
 pub mod spec;

@@ -188,10 +188,7 @@ fn sigkill_in_the_middle_of_add_leaves_nothing_after_del_or_gc() {
             first
         };
         let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
-        wait_until(
-            || node.moat_links().len() == 1,
-            "ADD wired the veth",
-        );
+        wait_until(|| node.moat_links().len() == 1, "ADD wired the veth");
         child.kill().unwrap();
         child.wait().unwrap();
         drop(held);

@@ -3,17 +3,22 @@
 use serde_json::Value;
 use tracing::{info, warn};
 
+use super::isolation::pod_changed;
 use super::naming::{host_ifname, link_alias};
 use super::Ctx;
+use crate::firewall::Firewall;
 use crate::ipam::{allocate, AllocError, Attachment, AttachmentKey, IpStore};
 use crate::lock::StateLock;
 use crate::netlink::sysctl::enable_forwarding;
 use crate::netlink::wiring::{gateway_for, host_prefix, AttachOutcome};
 use crate::netlink::{AttachPlan, Wiring};
+use crate::policy::Project;
 use crate::spec::result::{CniResult, Interface, IpConfig, RouteConfig};
 use crate::spec::{CniError, Code};
 
-pub(super) fn add<S: IpStore, W: Wiring>(ctx: &mut Ctx<S, W>) -> Result<Value, CniError> {
+pub(super) fn add<S: IpStore, W: Wiring, F: Firewall>(
+    ctx: &mut Ctx<S, W, F>,
+) -> Result<Value, CniError> {
     let record = reserve(ctx)?;
     info!(container_id = %record.key.container_id, ifname = %record.key.ifname,
           project = %record.project, ips = ?record.ips, "reserved");
@@ -33,8 +38,11 @@ pub(super) fn add<S: IpStore, W: Wiring>(ctx: &mut Ctx<S, W>) -> Result<Value, C
 
 /// Under the lock: refuse a duplicate, allocate, and persist the record before
 /// any kernel change, so a crash from here on leaves something DEL/GC can undo.
-fn reserve<S: IpStore, W: Wiring>(ctx: &mut Ctx<S, W>) -> Result<Attachment, CniError> {
+fn reserve<S: IpStore, W: Wiring, F: Firewall>(
+    ctx: &mut Ctx<S, W, F>,
+) -> Result<Attachment, CniError> {
     let key = AttachmentKey::new(&ctx.inv.container_id, &ctx.inv.ifname);
+    let project = project_of(ctx)?;
     let _lock = StateLock::acquire(&ctx.conf.state_dir())
         .map_err(|e| CniError::from_error(Code::Io, &e))?;
     if ctx
@@ -65,7 +73,7 @@ fn reserve<S: IpStore, W: Wiring>(ctx: &mut Ctx<S, W>) -> Result<Attachment, Cni
         key,
         netns: ctx.inv.netns.as_ref().map(|p| p.display().to_string()),
         ips,
-        project: project_of(ctx),
+        project: project.to_string(),
         pod_name: ctx.inv.pod.name.clone(),
         complete: false,
     };
@@ -73,20 +81,27 @@ fn reserve<S: IpStore, W: Wiring>(ctx: &mut Ctx<S, W>) -> Result<Attachment, Cni
     for (i, ip) in record.ips.iter().enumerate() {
         ctx.store.set_last_reserved(i, *ip).map_err(store_err)?;
     }
+    // Filter before the veth exists, so the pod's first packet is already policed.
+    if let Err(e) = pod_changed(ctx.conf, ctx.store, ctx.firewall, &record, true) {
+        let _ = ctx.store.remove(&record.key);
+        return Err(e);
+    }
     Ok(record)
 }
 
 /// The project (tenant unit) of the pod: its Kubernetes namespace, else
 /// `args.cni`, else the configured default.
-fn project_of<S, W>(ctx: &Ctx<S, W>) -> String {
+fn project_of<S, W, F>(ctx: &Ctx<S, W, F>) -> Result<Project, CniError> {
     let mut pod = ctx.inv.pod.clone();
     pod.merge_args_cni(&ctx.conf.args_cni);
-    pod.namespace
-        .unwrap_or_else(|| ctx.conf.isolation.default_project.clone())
+    let name = pod
+        .namespace
+        .unwrap_or_else(|| ctx.conf.isolation.default_project.clone());
+    Project::new(&name).map_err(|e| CniError::from_error(Code::InvalidEnv, &e))
 }
 
-fn wire<S: IpStore, W: Wiring>(
-    ctx: &mut Ctx<S, W>,
+fn wire<S: IpStore, W: Wiring, F: Firewall>(
+    ctx: &mut Ctx<S, W, F>,
     record: &Attachment,
 ) -> Result<AttachOutcome, CniError> {
     enable_forwarding(ctx.conf.has_ipv6()).map_err(|e| CniError::from_error(Code::Kernel, &e))?;
@@ -103,7 +118,10 @@ fn wire<S: IpStore, W: Wiring>(
         .map_err(|e| CniError::from_error(Code::Kernel, &e))
 }
 
-fn finish<S: IpStore, W: Wiring>(ctx: &mut Ctx<S, W>, record: &Attachment) -> Result<(), CniError> {
+fn finish<S: IpStore, W: Wiring, F: Firewall>(
+    ctx: &mut Ctx<S, W, F>,
+    record: &Attachment,
+) -> Result<(), CniError> {
     let _lock = StateLock::acquire(&ctx.conf.state_dir())
         .map_err(|e| CniError::from_error(Code::Io, &e))?;
     let done = Attachment {
@@ -117,19 +135,26 @@ fn finish<S: IpStore, W: Wiring>(ctx: &mut Ctx<S, W>, record: &Attachment) -> Re
 
 /// Undo everything a failed ADD did; failures here are logged, the original
 /// error is what the runtime must see.
-fn rollback<S: IpStore, W: Wiring>(ctx: &mut Ctx<S, W>, record: &Attachment) {
+fn rollback<S: IpStore, W: Wiring, F: Firewall>(ctx: &mut Ctx<S, W, F>, record: &Attachment) {
     if let Err(e) = ctx.wiring.detach(&record.host_ifname) {
         warn!(ifname = %record.host_ifname, error = %e, "rollback: cannot remove veth");
     }
     let removed = StateLock::acquire(&ctx.conf.state_dir())
         .map_err(|e| e.to_string())
-        .and_then(|_lock| ctx.store.remove(&record.key).map_err(|e| e.to_string()));
+        .and_then(|_lock| {
+            ctx.store.remove(&record.key).map_err(|e| e.to_string())?;
+            pod_changed(ctx.conf, ctx.store, ctx.firewall, record, false).map_err(|e| e.to_string())
+        });
     if let Err(e) = removed {
         warn!(container_id = %record.key.container_id, error = %e, "rollback: cannot release addresses");
     }
 }
 
-fn build_result<S, W>(ctx: &Ctx<S, W>, record: &Attachment, outcome: &AttachOutcome) -> CniResult {
+fn build_result<S, W, F>(
+    ctx: &Ctx<S, W, F>,
+    record: &Attachment,
+    outcome: &AttachOutcome,
+) -> CniResult {
     let sandbox = ctx.inv.netns.as_ref().map(|p| p.display().to_string());
     let mut routes: Vec<RouteConfig> = Vec::new();
     for ip in &record.ips {

@@ -3,13 +3,16 @@
 use std::net::IpAddr;
 
 use super::Ctx;
+use crate::firewall::{set_contains, Firewall};
 use crate::ipam::{Attachment, AttachmentKey, IpStore};
 use crate::netlink::wiring::{gateway_for, host_prefix};
 use crate::netlink::{Observed, Wiring};
 use crate::spec::result::prev_result_ips;
 use crate::spec::{CniError, Code};
 
-pub(super) fn check<S: IpStore, W: Wiring>(ctx: &mut Ctx<S, W>) -> Result<(), CniError> {
+pub(super) fn check<S: IpStore, W: Wiring, F: Firewall>(
+    ctx: &mut Ctx<S, W, F>,
+) -> Result<(), CniError> {
     let prev = ctx
         .conf
         .prev_result
@@ -42,7 +45,31 @@ pub(super) fn check<S: IpStore, W: Wiring>(ctx: &mut Ctx<S, W>) -> Result<(), Cn
         .wiring
         .observe(&record.host_ifname, &netns, &key.ifname)
         .map_err(|e| CniError::from_error(Code::Kernel, &e))?;
-    compare(&record, &seen).map_err(|m| failed(&m))
+    compare(&record, &seen).map_err(|m| failed(&m))?;
+    if ctx.conf.isolation.enabled {
+        check_firewall(ctx, &record)?;
+    }
+    Ok(())
+}
+
+/// The table exists and knows every address of the pod.
+fn check_firewall<S: IpStore, W: Wiring, F: Firewall>(
+    ctx: &mut Ctx<S, W, F>,
+    record: &Attachment,
+) -> Result<(), CniError> {
+    let table = &ctx.conf.isolation.table;
+    let listing = ctx
+        .firewall
+        .list_table(table)
+        .map_err(|e| CniError::from_error(Code::Firewall, &e))?
+        .ok_or_else(|| failed(&format!("nftables table inet {table} is missing")))?;
+    for ip in &record.ips {
+        let set = if ip.is_ipv4() { "pods4" } else { "pods6" };
+        if !set_contains(&listing, set, *ip) {
+            return Err(failed(&format!("{ip} is not in the firewall set {set}")));
+        }
+    }
+    Ok(())
 }
 
 fn failed(msg: &str) -> CniError {

@@ -2,14 +2,17 @@
 
 use super::teardown::teardown;
 use super::Ctx;
+use crate::firewall::Firewall;
 use crate::ipam::{AttachmentKey, IpStore};
 use crate::lock::StateLock;
 use crate::netlink::Wiring;
 use crate::spec::{CniError, Code};
 
-pub(super) fn del<S: IpStore, W: Wiring>(ctx: &mut Ctx<S, W>) -> Result<(), CniError> {
+pub(super) fn del<S: IpStore, W: Wiring, F: Firewall>(
+    ctx: &mut Ctx<S, W, F>,
+) -> Result<(), CniError> {
     let key = AttachmentKey::new(&ctx.inv.container_id, &ctx.inv.ifname);
     let _lock = StateLock::acquire(&ctx.conf.state_dir())
         .map_err(|e| CniError::from_error(Code::Io, &e))?;
-    teardown(ctx.store, ctx.wiring, &key)
+    teardown(ctx, &key)
 }

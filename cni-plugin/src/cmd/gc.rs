@@ -4,16 +4,20 @@ use std::collections::BTreeSet;
 
 use tracing::{info, warn};
 
+use super::isolation::{load_policy, rebuild};
 use super::naming::{alias_prefix, parse_alias};
 use super::status::require_1_1;
 use super::teardown::teardown;
 use super::Ctx;
+use crate::firewall::Firewall;
 use crate::ipam::{AttachmentKey, IpStore};
 use crate::lock::StateLock;
 use crate::netlink::Wiring;
 use crate::spec::{CniError, Code};
 
-pub(super) fn gc<S: IpStore, W: Wiring>(ctx: &mut Ctx<S, W>) -> Result<(), CniError> {
+pub(super) fn gc<S: IpStore, W: Wiring, F: Firewall>(
+    ctx: &mut Ctx<S, W, F>,
+) -> Result<(), CniError> {
     require_1_1(ctx.conf.version, "GC")?;
     // Without the list, GC would wipe every pod: refuse rather than guess.
     let valid: BTreeSet<AttachmentKey> = ctx
@@ -49,12 +53,17 @@ pub(super) fn gc<S: IpStore, W: Wiring>(ctx: &mut Ctx<S, W>) -> Result<(), CniEr
     // Collect every failure instead of stopping at the first.
     let mut errors = Vec::new();
     for key in &stale {
-        if let Err(e) = teardown(ctx.store, ctx.wiring, key) {
+        if let Err(e) = teardown(ctx, key) {
             warn!(container_id = %key.container_id, ifname = %key.ifname, error = %e, "gc: teardown failed");
             errors.push(e.to_string());
         }
     }
     let orphans = ctx.store.release_orphans().map_err(io)?;
+    // GC is also the periodic repair: the table is remade from what survives.
+    if ctx.conf.isolation.enabled {
+        let policy = load_policy(ctx.conf)?;
+        rebuild(ctx.conf, ctx.store, ctx.firewall, &policy)?;
+    }
     info!(
         released = stale.len(),
         orphan_ips = orphans.len(),

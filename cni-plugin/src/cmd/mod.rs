@@ -5,6 +5,7 @@ mod add;
 mod check;
 mod del;
 mod gc;
+pub mod isolation;
 mod naming;
 mod status;
 mod teardown;
@@ -13,6 +14,7 @@ mod tests;
 
 use serde_json::Value;
 
+use crate::firewall::Firewall;
 use crate::ipam::IpStore;
 use crate::netlink::Wiring;
 use crate::spec::{CniError, Command, Invocation, NetConf};
@@ -20,15 +22,18 @@ use crate::spec::{CniError, Command, Invocation, NetConf};
 pub use naming::{host_ifname, link_alias, parse_alias};
 
 /// What a verb needs: its input and the adapters it may use.
-pub struct Ctx<'a, S, W> {
+pub struct Ctx<'a, S, W, F> {
     pub conf: &'a NetConf,
     pub inv: &'a Invocation,
     pub store: &'a mut S,
     pub wiring: &'a mut W,
+    pub firewall: &'a mut F,
 }
 
 /// Run one verb; `Ok(Some(json))` is printed on stdout.
-pub fn dispatch<S: IpStore, W: Wiring>(ctx: &mut Ctx<S, W>) -> Result<Option<Value>, CniError> {
+pub fn dispatch<S: IpStore, W: Wiring, F: Firewall>(
+    ctx: &mut Ctx<S, W, F>,
+) -> Result<Option<Value>, CniError> {
     match ctx.inv.command {
         Command::Add => add::add(ctx).map(Some),
         Command::Del => del::del(ctx).map(|_| None),

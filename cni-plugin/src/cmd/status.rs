@@ -2,12 +2,16 @@
 
 use std::fs;
 
+use super::isolation::table_present;
 use super::Ctx;
+use crate::firewall::Firewall;
 use crate::ipam::{free_count, IpStore};
 use crate::netlink::Wiring;
 use crate::spec::{CniError, Code, Version};
 
-pub(super) fn status<S: IpStore, W: Wiring>(ctx: &mut Ctx<S, W>) -> Result<(), CniError> {
+pub(super) fn status<S: IpStore, W: Wiring, F: Firewall>(
+    ctx: &mut Ctx<S, W, F>,
+) -> Result<(), CniError> {
     require_1_1(ctx.conf.version, "STATUS")?;
     let unavailable = |msg: String| CniError::new(Code::NotAvailable, msg);
     let dir = ctx.conf.state_dir();
@@ -32,6 +36,18 @@ pub(super) fn status<S: IpStore, W: Wiring>(ctx: &mut Ctx<S, W>) -> Result<(), C
                 set.ranges[0].subnet
             )));
         }
+    }
+    // A missing table with no pods is a fresh node: the first ADD makes it.
+    // With pods attached it means they run unisolated.
+    let pods = ctx.store.list().map_err(|e| unavailable(e.to_string()))?;
+    if ctx.conf.isolation.enabled && !pods.is_empty() && !table_present(ctx.conf, ctx.firewall)? {
+        return Err(CniError::new(
+            Code::NotAvailableLimited,
+            format!(
+                "nftables table inet {} is missing: pods are not isolated; run `moat reconcile`",
+                ctx.conf.isolation.table
+            ),
+        ));
     }
     Ok(())
 }

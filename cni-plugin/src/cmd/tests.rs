@@ -1,18 +1,38 @@
-//! Verb orchestration against fakes: rollback, idempotence, GC selection.
+//! Verb orchestration against fakes: rollback, idempotence, GC selection, firewall calls.
 
 use serde_json::json;
 
 use super::{dispatch, Ctx};
+use crate::firewall::fake::FakeFirewall;
 use crate::ipam::fake::FakeStore;
 use crate::netlink::fake::FakeWiring;
-use crate::spec::{Code, Invocation, NetConf};
+use crate::spec::{CniError, Code, Invocation, NetConf};
+
+#[derive(Default)]
+struct World {
+    store: FakeStore,
+    wiring: FakeWiring,
+    fw: FakeFirewall,
+}
+
+impl World {
+    fn run(
+        &mut self,
+        conf: &NetConf,
+        inv: &Invocation,
+    ) -> Result<Option<serde_json::Value>, CniError> {
+        dispatch(&mut Ctx {
+            conf,
+            inv,
+            store: &mut self.store,
+            wiring: &mut self.wiring,
+            firewall: &mut self.fw,
+        })
+    }
+}
 
 fn conf(extra: serde_json::Value) -> NetConf {
-    let dir = std::env::temp_dir().join(format!(
-        "moat-cmd-test-{}-{}",
-        std::process::id(),
-        extra.to_string().len()
-    ));
+    let dir = std::env::temp_dir().join(format!("moat-cmd-test-{}", std::process::id()));
     let mut c = json!({"cniVersion": "1.1.0", "name": "n", "type": "moat", "dataDir": dir,
         "ipam": {"ranges": [[{"subnet": "10.0.0.0/29"}]]}});
     if let (Some(o), Some(e)) = (c.as_object_mut(), extra.as_object()) {
@@ -27,6 +47,7 @@ fn inv(cmd: &str, cid: &str) -> Invocation {
         ("CNI_CONTAINERID", cid),
         ("CNI_IFNAME", "eth0"),
         ("CNI_NETNS", "/proc/self/ns/net"),
+        ("CNI_ARGS", "K8S_POD_NAMESPACE=team-a"),
     ];
     Invocation::from_env(|k| {
         env.iter()
@@ -37,71 +58,77 @@ fn inv(cmd: &str, cid: &str) -> Invocation {
 }
 
 #[test]
-fn failed_add_rolls_back_addresses_and_links() {
+fn failed_add_rolls_back_addresses_links_and_firewall() {
     let conf = conf(json!({}));
-    let (mut store, mut wiring) = (
-        FakeStore::default(),
-        FakeWiring {
+    let mut w = World {
+        wiring: FakeWiring {
             fail_attach: true,
             ..Default::default()
         },
-    );
-    let inv = inv("ADD", "c1");
-    let err = dispatch(&mut Ctx {
-        conf: &conf,
-        inv: &inv,
-        store: &mut store,
-        wiring: &mut wiring,
-    })
-    .unwrap_err();
+        ..Default::default()
+    };
+    let err = w.run(&conf, &inv("ADD", "c1")).unwrap_err();
     assert_eq!(err.code, Code::Kernel);
     assert!(
-        store.records.is_empty() && store.ips.is_empty(),
+        w.store.records.is_empty() && w.store.ips.is_empty(),
         "addresses released"
     );
-    assert!(wiring.links.is_empty(), "veth removed");
+    assert!(w.wiring.links.is_empty(), "veth removed");
+    let whats: Vec<_> = w.fw.applied.iter().map(|(w, _)| *w).collect();
+    assert_eq!(
+        whats,
+        ["pod add", "pod delete"],
+        "pod filtered before wiring, removed on rollback"
+    );
+}
+
+#[test]
+fn add_programs_the_pod_before_wiring_it() {
+    let conf = conf(json!({}));
+    let mut w = World::default();
+    w.run(&conf, &inv("ADD", "c1")).unwrap();
+    let (_, batch) = &w.fw.applied[0];
+    let text = batch.to_string();
+    assert!(
+        text.contains("tenant-team-a") && text.contains("10.0.0.2"),
+        "{text}"
+    );
+}
+
+#[test]
+fn isolation_can_be_disabled() {
+    let conf = conf(json!({"isolation": {"enabled": false}}));
+    let mut w = World::default();
+    w.run(&conf, &inv("ADD", "c1")).unwrap();
+    assert!(w.fw.applied.is_empty());
 }
 
 #[test]
 fn del_is_idempotent_and_gc_keeps_only_listed() {
-    let (mut store, mut wiring) = (FakeStore::default(), FakeWiring::default());
     let base = conf(json!({}));
+    let mut w = World::default();
     for cid in ["a", "b", "c"] {
-        let inv = inv("ADD", cid);
-        dispatch(&mut Ctx {
-            conf: &base,
-            inv: &inv,
-            store: &mut store,
-            wiring: &mut wiring,
-        })
-        .unwrap();
+        w.run(&base, &inv("ADD", cid)).unwrap();
     }
     for _ in 0..2 {
-        let inv = inv("DEL", "a");
-        dispatch(&mut Ctx {
-            conf: &base,
-            inv: &inv,
-            store: &mut store,
-            wiring: &mut wiring,
-        })
-        .unwrap();
+        w.run(&base, &inv("DEL", "a")).unwrap();
     }
     let gc_conf =
         conf(json!({"cni.dev/valid-attachments": [{"containerID": "b", "ifname": "eth0"}]}));
     let gc = Invocation::from_env(|k| (k == "CNI_COMMAND").then(|| "GC".to_string())).unwrap();
-    dispatch(&mut Ctx {
-        conf: &gc_conf,
-        inv: &gc,
-        store: &mut store,
-        wiring: &mut wiring,
-    })
-    .unwrap();
-    let left: Vec<_> = store
+    w.run(&gc_conf, &gc).unwrap();
+    let left: Vec<_> = w
+        .store
         .records
         .keys()
         .map(|k| k.container_id.clone())
         .collect();
     assert_eq!(left, vec!["b".to_string()]);
-    assert_eq!(wiring.links.len(), 1);
-    assert_eq!(store.ips.len(), 1);
+    assert_eq!(w.wiring.links.len(), 1);
+    assert_eq!(w.store.ips.len(), 1);
+    assert_eq!(
+        w.fw.applied.last().unwrap().0,
+        "rebuild",
+        "GC remakes the table"
+    );
 }

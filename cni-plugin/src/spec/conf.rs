@@ -38,6 +38,8 @@ pub struct IsolationConf {
     pub cluster_cidrs: Vec<IpNetwork>,
     pub masquerade: bool,
     pub log_drops: bool,
+    /// Policy file; defaults to `<dataDir>/<network>/policy.json`. May be a mounted ConfigMap.
+    pub policy_file: Option<PathBuf>,
 }
 
 impl Default for IsolationConf {
@@ -50,6 +52,7 @@ impl Default for IsolationConf {
             cluster_cidrs: Vec::new(),
             masquerade: true,
             log_drops: false,
+            policy_file: None,
         }
     }
 }
@@ -155,6 +158,13 @@ impl NetConf {
     /// Where this network's state lives: IPAM records, policy, the lock.
     pub fn state_dir(&self) -> PathBuf {
         self.data_dir.join(&self.name)
+    }
+
+    pub fn policy_path(&self) -> PathBuf {
+        self.isolation
+            .policy_file
+            .clone()
+            .unwrap_or_else(|| self.state_dir().join("policy.json"))
     }
 
     pub fn has_ipv6(&self) -> bool {

@@ -1,0 +1,99 @@
+//! Keeping our nftables table in step with attachments and policy.
+//! Callers hold the network's state lock.
+
+use tracing::{info, warn};
+
+use crate::firewall::Firewall;
+use crate::ipam::{Attachment, IpStore};
+use crate::policy::file::{load, save};
+use crate::policy::ruleset::{full, pod_change};
+use crate::policy::{PodEntry, Policy, Project, TableSpec};
+use crate::spec::{CniError, Code, NetConf};
+
+pub fn spec(conf: &NetConf) -> TableSpec {
+    TableSpec {
+        table: conf.isolation.table.clone(),
+        cluster_cidrs: conf.isolation.cluster_cidrs.clone(),
+        masquerade: conf.isolation.masquerade,
+        log_drops: conf.isolation.log_drops,
+    }
+}
+
+pub fn load_policy(conf: &NetConf) -> Result<Policy, CniError> {
+    let global = conf
+        .isolation
+        .global_projects
+        .iter()
+        .map(|p| Project::new(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CniError::from_error(Code::InvalidConfig, &e))?;
+    load(&conf.policy_path(), &global).map_err(|e| CniError::from_error(Code::InvalidConfig, &e))
+}
+
+pub fn save_policy(conf: &NetConf, policy: &Policy) -> Result<(), CniError> {
+    save(&conf.policy_path(), policy).map_err(|e| CniError::from_error(Code::Io, &e))
+}
+
+fn entry(record: &Attachment) -> Option<PodEntry> {
+    let project = Project::new(&record.project)
+        .inspect_err(|e| warn!(container_id = %record.key.container_id, error = %e, "record with invalid project skipped"))
+        .ok()?;
+    Some(PodEntry {
+        host_ifname: record.host_ifname.clone(),
+        ips: record.ips.clone(),
+        project,
+    })
+}
+
+fn fw_err(e: crate::firewall::FirewallError) -> CniError {
+    CniError::from_error(Code::Firewall, &e)
+}
+
+/// Make the whole table from persisted state, in one transaction.
+pub fn rebuild<S: IpStore, F: Firewall>(
+    conf: &NetConf,
+    store: &S,
+    fw: &mut F,
+    policy: &Policy,
+) -> Result<(), CniError> {
+    let records = store
+        .list()
+        .map_err(|e| CniError::from_error(Code::Io, &e))?;
+    let pods: Vec<PodEntry> = records.iter().filter_map(entry).collect();
+    fw.apply("rebuild", &full(&spec(conf), policy, &pods))
+        .map_err(fw_err)?;
+    info!(table = %conf.isolation.table, pods = pods.len(), "table rebuilt");
+    Ok(())
+}
+
+/// Add or remove one pod's elements; if that fails (the table was flushed,
+/// an element was already gone) rebuild everything from the records instead.
+pub fn pod_changed<S: IpStore, F: Firewall>(
+    conf: &NetConf,
+    store: &S,
+    fw: &mut F,
+    record: &Attachment,
+    added: bool,
+) -> Result<(), CniError> {
+    if !conf.isolation.enabled {
+        return Ok(());
+    }
+    let Some(pod) = entry(record) else {
+        return Ok(());
+    };
+    let policy = load_policy(conf)?;
+    let what = if added { "pod add" } else { "pod delete" };
+    if let Err(e) = fw.apply(what, &pod_change(&spec(conf), &policy, &pod, added)) {
+        info!(error = %e, "incremental update failed; rebuilding the table");
+        rebuild(conf, store, fw, &policy)?;
+    }
+    Ok(())
+}
+
+/// Whether the table exists (STATUS, CHECK).
+pub fn table_present<F: Firewall>(conf: &NetConf, fw: &mut F) -> Result<bool, CniError> {
+    Ok(fw
+        .list_table(&conf.isolation.table)
+        .map_err(fw_err)?
+        .is_some())
+}

@@ -1,0 +1,29 @@
+//! A recording [`Firewall`] for unit tests.
+
+use serde_json::Value;
+
+use super::{DropCount, Firewall, FirewallError};
+use crate::policy::Batch;
+
+#[derive(Debug, Default)]
+pub struct FakeFirewall {
+    /// (what, JSON) of every applied batch.
+    pub applied: Vec<(&'static str, Value)>,
+    pub table_present: bool,
+}
+
+impl Firewall for FakeFirewall {
+    fn apply(&mut self, what: &'static str, batch: &Batch) -> Result<(), FirewallError> {
+        self.applied.push((what, batch.to_json()));
+        self.table_present = true;
+        Ok(())
+    }
+    fn list_table(&mut self, _: &str) -> Result<Option<Value>, FirewallError> {
+        Ok(self
+            .table_present
+            .then(|| serde_json::json!({"nftables": []})))
+    }
+    fn drops(&mut self, _: &str) -> Result<Vec<DropCount>, FirewallError> {
+        Ok(Vec::new())
+    }
+}

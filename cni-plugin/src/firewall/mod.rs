@@ -1,0 +1,166 @@
+//! nftables: apply a planned batch to our own table, read it back. Nothing
+//! outside our table is ever listed, flushed or changed.
+
+mod drops;
+#[cfg(test)]
+pub mod fake;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+pub use drops::{parse_meter, DropCount};
+
+use crate::policy::Batch;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    #[error("nft rejected the {what} transaction for table {table}: {stderr}")]
+    Apply {
+        what: &'static str,
+        table: String,
+        stderr: String,
+        #[source]
+        source: nftables::helper::NftablesError,
+    },
+    #[error("cannot list {what} of table {table}")]
+    List {
+        what: &'static str,
+        table: String,
+        #[source]
+        source: nftables::helper::NftablesError,
+    },
+    #[error("nft listing of table {table} is not valid JSON")]
+    Json {
+        table: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Our table in the caller's network namespace.
+pub trait Firewall {
+    /// Apply the batch as one transaction.
+    fn apply(&mut self, what: &'static str, batch: &Batch) -> Result<(), FirewallError>;
+    /// `nft -j list table inet <table>`, or `None` if the table does not exist.
+    fn list_table(&mut self, table: &str) -> Result<Option<Value>, FirewallError>;
+    /// Per (source, destination) packet counts of dropped cross-tenant traffic.
+    fn drops(&mut self, table: &str) -> Result<Vec<DropCount>, FirewallError>;
+}
+
+pub struct NftFirewall {
+    program: PathBuf,
+}
+
+impl NftFirewall {
+    /// The runtime may start us with a minimal PATH: look in the usual places.
+    pub fn new() -> Self {
+        let program = [
+            "/usr/sbin/nft",
+            "/sbin/nft",
+            "/usr/bin/nft",
+            "/usr/local/sbin/nft",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("nft"));
+        Self { program }
+    }
+
+    fn list(
+        &self,
+        what: &'static str,
+        table: &str,
+        args: &[&str],
+    ) -> Result<Option<Value>, FirewallError> {
+        match nftables::helper::get_current_ruleset_raw(Some(&self.program), args) {
+            Ok(out) => serde_json::from_str(&out)
+                .map(Some)
+                .map_err(|source| FirewallError::Json {
+                    table: table.into(),
+                    source,
+                }),
+            Err(nftables::helper::NftablesError::NftFailed { stderr, .. })
+                if stderr.contains("No such file") =>
+            {
+                Ok(None)
+            }
+            Err(source) => Err(FirewallError::List {
+                what,
+                table: table.into(),
+                source,
+            }),
+        }
+    }
+}
+
+impl Default for NftFirewall {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Firewall for NftFirewall {
+    fn apply(&mut self, what: &'static str, batch: &Batch) -> Result<(), FirewallError> {
+        let payload = batch.to_json().to_string();
+        nftables::helper::apply_ruleset_raw(
+            &payload,
+            Some(&self.program),
+            std::iter::empty::<&str>(),
+        )
+        .map(drop)
+        .map_err(|source| {
+            let stderr = match &source {
+                nftables::helper::NftablesError::NftFailed { stderr, .. } => {
+                    stderr.trim().to_string()
+                }
+                _ => String::new(),
+            };
+            FirewallError::Apply {
+                what,
+                table: batch.table.clone(),
+                stderr,
+                source,
+            }
+        })
+    }
+
+    fn list_table(&mut self, table: &str) -> Result<Option<Value>, FirewallError> {
+        self.list("table", table, &["list", "table", "inet", table])
+    }
+
+    fn drops(&mut self, table: &str) -> Result<Vec<DropCount>, FirewallError> {
+        let mut out = Vec::new();
+        for fam in ["4", "6"] {
+            let name = format!("{}{fam}", crate::policy::ruleset::METER_DROPS);
+            if let Some(v) = self.list("meter", table, &["list", "meter", "inet", table, &name])? {
+                out.extend(parse_meter(&v));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Count the rules in a `list table` JSON answer.
+pub fn rule_count(listing: &Value) -> usize {
+    listing["nftables"]
+        .as_array()
+        .map_or(0, |a| a.iter().filter(|o| o.get("rule").is_some()).count())
+}
+
+/// Whether `ip` is an element of `set` in a `list table` JSON answer.
+pub fn set_contains(listing: &Value, set: &str, ip: IpAddr) -> bool {
+    let want = ip.to_string();
+    listing["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|o| {
+            o.pointer("/set/name").and_then(Value::as_str) == Some(set)
+                && o.pointer("/set/elem")
+                    .and_then(Value::as_array)
+                    .is_some_and(|e| e.iter().any(|x| x.as_str() == Some(&want)))
+        })
+}

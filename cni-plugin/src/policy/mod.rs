@@ -1,0 +1,10 @@
+//! Tenants and projects → the desired nftables ruleset, as pure data.
+
+pub mod file;
+pub mod model;
+pub mod nftjson;
+pub mod ruleset;
+
+pub use model::{Policy, PolicyError, Project, Role};
+pub use nftjson::Batch;
+pub use ruleset::{PodEntry, TableSpec};

@@ -1,0 +1,181 @@
+//! Small constructors for nftables JSON. The `nftables` crate's schema has no
+//! verdict-map type, so the plan is built as JSON here and applied through
+//! the crate's helper.
+
+use serde_json::{json, Value};
+
+/// One address family's names and types.
+#[derive(Debug, Clone, Copy)]
+pub struct Fam {
+    pub suffix: &'static str,
+    pub proto: &'static str,
+    pub addr_type: &'static str,
+}
+
+pub const V4: Fam = Fam {
+    suffix: "4",
+    proto: "ip",
+    addr_type: "ipv4_addr",
+};
+pub const V6: Fam = Fam {
+    suffix: "6",
+    proto: "ip6",
+    addr_type: "ipv6_addr",
+};
+pub const FAMS: [Fam; 2] = [V4, V6];
+
+impl Fam {
+    pub fn of(ip: &std::net::IpAddr) -> Fam {
+        if ip.is_ipv4() {
+            V4
+        } else {
+            V6
+        }
+    }
+
+    pub fn name(&self, base: &str) -> String {
+        format!("{base}{}", self.suffix)
+    }
+
+    pub fn saddr(&self) -> Value {
+        payload(self.proto, "saddr")
+    }
+
+    pub fn daddr(&self) -> Value {
+        payload(self.proto, "daddr")
+    }
+}
+
+pub fn payload(proto: &str, field: &str) -> Value {
+    json!({"payload": {"protocol": proto, "field": field}})
+}
+
+pub fn meta(key: &str) -> Value {
+    json!({"meta": {"key": key}})
+}
+
+pub fn ct(key: &str) -> Value {
+    json!({"ct": {"key": key}})
+}
+
+pub fn set_ref(name: &str) -> Value {
+    json!(format!("@{name}"))
+}
+
+pub fn matches(left: Value, op: &str, right: Value) -> Value {
+    json!({"match": {"op": op, "left": left, "right": right}})
+}
+
+pub fn in_set(left: Value, set: &str) -> Value {
+    matches(left, "==", set_ref(set))
+}
+
+pub fn not_in_set(left: Value, set: &str) -> Value {
+    matches(left, "!=", set_ref(set))
+}
+
+pub fn concat(items: Vec<Value>) -> Value {
+    json!({"concat": items})
+}
+
+pub fn verdict(v: &str) -> Value {
+    json!({ v: null })
+}
+
+pub fn jump(chain: &str) -> Value {
+    json!({"jump": {"target": chain}})
+}
+
+pub fn counter() -> Value {
+    json!({"counter": null})
+}
+
+/// Commands of one transaction, all against one table.
+pub struct Batch {
+    pub table: String,
+    pub cmds: Vec<Value>,
+}
+
+impl Batch {
+    pub fn new(table: &str) -> Self {
+        Self {
+            table: table.to_string(),
+            cmds: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, verb: &str, kind: &str, mut body: Value) {
+        body["family"] = json!("inet");
+        if kind == "table" {
+            body["name"] = json!(self.table);
+        } else {
+            body["table"] = json!(self.table);
+        }
+        self.cmds.push(json!({ verb: { kind: body } }));
+    }
+
+    pub fn add_table(&mut self) {
+        self.push("add", "table", json!({}));
+    }
+
+    pub fn delete_table(&mut self) {
+        self.push("delete", "table", json!({}));
+    }
+
+    pub fn add_set(&mut self, name: &str, ty: Value, flags: &[&str], elem: Vec<Value>) {
+        let mut body = json!({"name": name, "type": ty});
+        if !flags.is_empty() {
+            body["flags"] = json!(flags);
+        }
+        if !elem.is_empty() {
+            body["elem"] = json!(elem);
+        }
+        self.push("add", "set", body);
+    }
+
+    pub fn add_verdict_map(&mut self, name: &str, key_type: &str, elem: Vec<Value>) {
+        let mut body = json!({"name": name, "type": key_type, "map": "verdict"});
+        if !elem.is_empty() {
+            body["elem"] = json!(elem);
+        }
+        self.push("add", "map", body);
+    }
+
+    /// A base chain when `hook` is given: (type, hook, priority).
+    pub fn add_chain(&mut self, name: &str, hook: Option<(&str, &str, i32)>) {
+        let mut body = json!({"name": name});
+        if let Some((ty, hook, prio)) = hook {
+            body["type"] = json!(ty);
+            body["hook"] = json!(hook);
+            body["prio"] = json!(prio);
+            body["policy"] = json!("accept");
+        }
+        self.push("add", "chain", body);
+    }
+
+    pub fn flush_chain(&mut self, name: &str) {
+        self.push("flush", "chain", json!({"name": name}));
+    }
+
+    pub fn add_rule(&mut self, chain: &str, expr: Vec<Value>) {
+        self.push("add", "rule", json!({"chain": chain, "expr": expr}));
+    }
+
+    pub fn element(&mut self, verb: &str, set: &str, elem: Vec<Value>) {
+        if !elem.is_empty() {
+            self.push(verb, "element", json!({"name": set, "elem": elem}));
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({"nftables": self.cmds})
+    }
+
+    /// Rules in the batch (for the constant-rule-count property).
+    pub fn rule_count(&self) -> usize {
+        self.cmds
+            .iter()
+            .filter(|c| c.pointer("/add/rule").is_some())
+            .count()
+    }
+}

@@ -1,0 +1,286 @@
+//! Policy and pods → the nftables plan. Per-packet cost is a fixed number of
+//! hash lookups whatever the number of pods or projects: pods live in sets and
+//! maps, and the rule count does not grow with pods.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use serde_json::{json, Value};
+
+use super::model::{Policy, Project, Role};
+use super::nftjson::{
+    concat, counter, ct, in_set, jump, matches, meta, not_in_set, verdict, Batch, Fam, FAMS,
+};
+
+/// One attachment as the firewall sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodEntry {
+    pub host_ifname: String,
+    pub ips: Vec<IpAddr>,
+    pub project: Project,
+}
+
+/// Table-wide settings from the network config.
+#[derive(Debug, Clone)]
+pub struct TableSpec {
+    pub table: String,
+    pub cluster_cidrs: Vec<IpNetwork>,
+    pub masquerade: bool,
+    pub log_drops: bool,
+}
+
+pub const METER_DROPS: &str = "drops";
+const PRIO_RAW: i32 = -300;
+const PRIO_FILTER_EARLY: i32 = -5;
+const PRIO_SRCNAT: i32 = 100;
+
+pub fn tenant_chain(t: &Project) -> String {
+    format!("tenant-{t}")
+}
+
+/// The whole table, replacing whatever is there in the same transaction
+/// (add-then-delete makes the delete safe when the table is missing).
+pub fn full(spec: &TableSpec, policy: &Policy, pods: &[PodEntry]) -> Batch {
+    let mut b = Batch::new(&spec.table);
+    b.add_table();
+    b.delete_table();
+    b.add_table();
+    b.add_set(
+        "podif",
+        json!("ifname"),
+        &[],
+        pods.iter().map(|p| json!(p.host_ifname)).collect(),
+    );
+    for f in FAMS {
+        declare_family_sets(&mut b, spec, f);
+    }
+    base_chains(&mut b, spec);
+    let mut tenants: BTreeMap<Project, ()> = BTreeMap::new();
+    for pod in pods {
+        if let Role::Tenant(t) = policy.role(&pod.project) {
+            if tenants.insert(t.clone(), ()).is_none() {
+                tenant_chain_cmds(&mut b, &t);
+            }
+        }
+        pod_elements(&mut b, policy, pod, "add");
+    }
+    b
+}
+
+/// Elements of one pod, added or deleted; the pod's tenant chain is (re)made on add.
+pub fn pod_change(spec: &TableSpec, policy: &Policy, pod: &PodEntry, add: bool) -> Batch {
+    let mut b = Batch::new(&spec.table);
+    if add {
+        if let Role::Tenant(t) = policy.role(&pod.project) {
+            tenant_chain_cmds(&mut b, &t);
+        }
+    }
+    pod_elements(&mut b, policy, pod, if add { "add" } else { "delete" });
+    b
+}
+
+fn declare_family_sets(b: &mut Batch, spec: &TableSpec, f: Fam) {
+    let t = json!(f.addr_type);
+    for base in ["pods", "global", "egress_deny"] {
+        b.add_set(&f.name(base), t.clone(), &[], vec![]);
+    }
+    let cidrs: Vec<Value> = spec
+        .cluster_cidrs
+        .iter()
+        .filter(|c| (c.is_ipv4()) == (f.suffix == "4"))
+        .map(|c| json!({"prefix": {"addr": c.network().to_string(), "len": c.prefix()}}))
+        .collect();
+    b.add_set(&f.name("cluster"), t.clone(), &["interval"], cidrs);
+    b.add_set(
+        &f.name("podsrc"),
+        json!(["ifname", f.addr_type]),
+        &[],
+        vec![],
+    );
+    b.add_verdict_map(&f.name("tenant"), f.addr_type, vec![]);
+}
+
+fn tenant_chain_cmds(b: &mut Batch, t: &Project) {
+    let chain = tenant_chain(t);
+    b.add_chain(&chain, None);
+    b.flush_chain(&chain);
+    for f in FAMS {
+        let set = format!("{chain}-{}", f.suffix);
+        b.add_set(&set, json!(f.addr_type), &[], vec![]);
+        b.add_rule(&chain, vec![in_set(f.daddr(), &set), verdict("accept")]);
+    }
+}
+
+fn pod_elements(b: &mut Batch, policy: &Policy, pod: &PodEntry, verb: &str) {
+    b.element(verb, "podif", vec![json!(pod.host_ifname)]);
+    let role = policy.role(&pod.project);
+    for ip in &pod.ips {
+        let f = Fam::of(ip);
+        let addr = json!(ip.to_string());
+        b.element(verb, &f.name("pods"), vec![addr.clone()]);
+        b.element(
+            verb,
+            &f.name("podsrc"),
+            vec![concat(vec![json!(pod.host_ifname), addr.clone()])],
+        );
+        match &role {
+            Role::Global => b.element(verb, &f.name("global"), vec![addr.clone()]),
+            Role::Tenant(t) => {
+                let chain = tenant_chain(t);
+                b.element(
+                    verb,
+                    &f.name("tenant"),
+                    vec![json!([addr.clone(), jump(&chain)])],
+                );
+                b.element(verb, &format!("{chain}-{}", f.suffix), vec![addr.clone()]);
+            }
+        }
+        if policy.egress_deny.contains(&pod.project) {
+            b.element(verb, &f.name("egress_deny"), vec![addr]);
+        }
+    }
+}
+
+fn base_chains(b: &mut Batch, spec: &TableSpec) {
+    // Anti-spoofing before conntrack and DNAT: a pod's packets must carry its own address.
+    b.add_chain("prerouting", Some(("filter", "prerouting", PRIO_RAW)));
+    for ll in ["fe80::/10", "::"] {
+        let (addr, len) = ll
+            .split_once('/')
+            .map_or((ll, 128), |(a, l)| (a, l.parse().unwrap_or(128)));
+        b.add_rule(
+            "prerouting",
+            vec![
+                in_set(meta("iifname"), "podif"),
+                matches(
+                    FAMS[1].saddr(),
+                    "==",
+                    json!({"prefix": {"addr": addr, "len": len}}),
+                ),
+                verdict("return"),
+            ],
+        );
+    }
+    for f in FAMS {
+        b.add_rule(
+            "prerouting",
+            vec![
+                in_set(meta("iifname"), "podif"),
+                not_in_set(concat(vec![meta("iifname"), f.saddr()]), &f.name("podsrc")),
+                counter(),
+                verdict("drop"),
+            ],
+        );
+    }
+    if spec.log_drops {
+        // A separate chain: `limit` ends the rule it is in once over the rate.
+        b.add_chain("log_drop", None);
+        b.add_rule(
+            "log_drop",
+            vec![
+                json!({"limit": {"rate": 10, "per": "second"}}),
+                json!({"log": {"prefix": "moat drop: "}}),
+            ],
+        );
+    }
+    for f in FAMS {
+        to_pod_chain(b, f, spec.log_drops);
+        from_pod_chain(b, f);
+    }
+    b.add_chain("forward", Some(("filter", "forward", PRIO_FILTER_EARLY)));
+    for f in FAMS {
+        b.add_rule(
+            "forward",
+            vec![in_set(f.daddr(), &f.name("pods")), jump(&f.name("to_pod"))],
+        );
+    }
+    for f in FAMS {
+        b.add_rule(
+            "forward",
+            vec![
+                in_set(f.saddr(), &f.name("pods")),
+                jump(&f.name("from_pod")),
+            ],
+        );
+    }
+    if spec.masquerade {
+        b.add_chain("postrouting", Some(("nat", "postrouting", PRIO_SRCNAT)));
+        for f in FAMS {
+            b.add_rule(
+                "postrouting",
+                vec![
+                    in_set(f.saddr(), &f.name("pods")),
+                    not_in_set(f.daddr(), &f.name("pods")),
+                    not_in_set(f.daddr(), &f.name("cluster")),
+                    json!({"masquerade": null}),
+                ],
+            );
+        }
+    }
+}
+
+/// Traffic to a local pod.
+fn to_pod_chain(b: &mut Batch, f: Fam, log: bool) {
+    let chain = f.name("to_pod");
+    b.add_chain(&chain, None);
+    b.add_rule(
+        &chain,
+        vec![in_set(f.saddr(), &f.name("global")), verdict("accept")],
+    );
+    b.add_rule(
+        &chain,
+        vec![in_set(f.daddr(), &f.name("global")), verdict("accept")],
+    );
+    // Same tenant: the source pod's tenant chain accepts if the destination is a member.
+    b.add_rule(
+        &chain,
+        vec![json!({"vmap": {"key": f.saddr(), "data": format!("@{}", f.name("tenant"))}})],
+    );
+    // Any other local pod: a cross-tenant packet, whatever conntrack thinks of it.
+    let mut cross = vec![in_set(f.saddr(), &f.name("pods"))];
+    if log {
+        cross.push(jump("log_drop"));
+    }
+    cross.push(json!({"meter": {"name": f.name(METER_DROPS), "key": concat(vec![f.saddr(), f.daddr()]), "stmt": counter()}}));
+    cross.push(verdict("drop"));
+    b.add_rule(&chain, cross);
+    // From outside: only what a service or NodePort DNAT brought in, and replies.
+    b.add_rule(
+        &chain,
+        vec![
+            matches(ct("status"), "in", json!("dnat")),
+            verdict("accept"),
+        ],
+    );
+    b.add_rule(
+        &chain,
+        vec![
+            matches(ct("direction"), "==", json!("reply")),
+            verdict("accept"),
+        ],
+    );
+    b.add_rule(&chain, vec![counter(), verdict("drop")]);
+}
+
+/// Traffic from a local pod to anything that is not a local pod.
+fn from_pod_chain(b: &mut Batch, f: Fam) {
+    let chain = f.name("from_pod");
+    b.add_chain(&chain, None);
+    b.add_rule(
+        &chain,
+        vec![
+            matches(ct("direction"), "==", json!("reply")),
+            verdict("accept"),
+        ],
+    );
+    b.add_rule(
+        &chain,
+        vec![
+            in_set(f.saddr(), &f.name("egress_deny")),
+            not_in_set(f.daddr(), &f.name("cluster")),
+            counter(),
+            verdict("drop"),
+        ],
+    );
+}
