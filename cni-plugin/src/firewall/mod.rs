@@ -22,14 +22,14 @@ pub enum FirewallError {
         table: String,
         stderr: String,
         #[source]
-        source: nftables::helper::NftablesError,
+        source: Box<nftables::helper::NftablesError>,
     },
     #[error("cannot list {what} of table {table}")]
     List {
         what: &'static str,
         table: String,
         #[source]
-        source: nftables::helper::NftablesError,
+        source: Box<nftables::helper::NftablesError>,
     },
     #[error("nft listing of table {table} is not valid JSON")]
     Json {
