@@ -90,7 +90,7 @@ impl NftFirewall {
             Err(source) => Err(FirewallError::List {
                 what,
                 table: table.into(),
-                source,
+                source: Box::new(source),
             }),
         }
     }
@@ -122,7 +122,7 @@ impl Firewall for NftFirewall {
                 what,
                 table: batch.table.clone(),
                 stderr,
-                source,
+                source: Box::new(source),
             }
         })
     }
