@@ -35,6 +35,7 @@ REPO=$(cd "$(dirname "$SCRIPT")/../.." && pwd)
 NS=moat-ctr-${MOAT_CTR_RUN:-$$}  # containerd namespace (and runc's cgroup parent)
 IMAGE=docker.io/library/moat-busybox:test
 SUBNET_PREFIX=10.199.0    # pods get 10.199.0.0/24
+NODE_ADDR=192.0.2.10      # the node netns' own address (TEST-NET-1)
 # Globals on purpose: the EXIT traps run after the stage functions returned.
 containerd_pid=""
 ctr_pids=()
@@ -209,7 +210,8 @@ EOF
   done
   ctr_pids=()
   for id in "${ids[@]}"; do
-    if grep -qi 'network review\|error' "$T/$id.ctr.log"; then
+    # ctr's own errors (logrus level=error, or "ctr: ..."); plugin stderr may be mixed in
+    if grep -qE 'level=error|^ctr: ' "$T/$id.ctr.log"; then
       cat "$T/$id.ctr.log" >&2
       die "$id: ctr reported an error while tearing down (CNI DEL)"
     fi
@@ -241,7 +243,7 @@ kill_ours() {
   local p pids=()
   for p in /proc/[0-9]*; do
     [[ ${p#/proc/} == "$$" ]] && continue
-    if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF -- "$T/"; then
+    if { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -qF -- "$T/"; then
       pids+=("${p#/proc/}")
     fi
   done
@@ -372,6 +374,9 @@ outer() {
 
   ip netns add "$NODE"
   ip -n "$NODE" link set lo up
+  # the node's own address (a real node has one on its uplink): source of node -> pod
+  # (on lo: this kernel may lack the dummy driver)
+  ip -n "$NODE" addr add "$NODE_ADDR/32" dev lo
 
   export T NODE PLUGIN MOAT_BIN MOAT_CTR_RUN=$$
   # In the background + wait, so a signal to us is handled at once.
