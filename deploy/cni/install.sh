@@ -47,12 +47,19 @@ chmod 0755 "$BIN_DIR/.moat.new"
 mv -f "$BIN_DIR/.moat.new" "$BIN_DIR/moat"
 
 # seed the node-local policy from the ConfigMap on first install only; later
-# changes are applied by the node agent (ConfigMap) or `moat project ...` (CLI)
-if [ ! -s "$DATA_DIR/policy.json" ] && [ -s /etc/moat/policy.json ]; then
-  cp /etc/moat/policy.json "$DATA_DIR/.policy.json.new"
-  mv -f "$DATA_DIR/.policy.json.new" "$DATA_DIR/policy.json"
-  sha256sum /etc/moat/policy.json | cut -d' ' -f1 > "$DATA_DIR/.configmap-policy.sha256"
-  log "seeded $DATA_DIR/policy.json from the ConfigMap"
+# changes are applied by the node agent (ConfigMap) or `moat project ...` (CLI).
+# moat keeps it at isolation.policyFile, else <dataDir>/<network name>/policy.json.
+policy=$(policy_path "$SRC")
+case $policy in
+  "$DATA_DIR"/*) ;;
+  *) log "policy file $policy is outside $DATA_DIR (the mounted dataDir): not seeding it"; policy="" ;;
+esac
+if [ -n "$policy" ] && [ ! -s "$policy" ] && [ -s /etc/moat/policy.json ]; then
+  mkdir -p "$(dirname "$policy")"
+  cp /etc/moat/policy.json "$policy.new"
+  mv -f "$policy.new" "$policy"
+  sha256sum /etc/moat/policy.json | cut -d' ' -f1 > "$(dirname "$policy")/.configmap-policy.sha256"
+  log "seeded $policy from the ConfigMap"
 fi
 
 jq --argjson r "$ranges" '(.plugins[] | select(.type == "moat") | .ipam.ranges) = $r' "$SRC" \

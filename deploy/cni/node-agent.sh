@@ -7,7 +7,8 @@
 #     segment, as kind's are, need nothing else). Our routes carry protocol 0x4d
 #     ("M") so stale ones (node gone) are found and removed; others are never touched.
 #  2. policy: when the ConfigMap's policy.json changes (compared with the last one
-#     applied on this node), it replaces the node's <dataDir>/policy.json and
+#     applied on this node), it replaces the node's policy file
+#     (<dataDir>/<network>/policy.json) and
 #     `moat reconcile` applies it to running pods in one transaction. Operators who prefer the CLI leave policy.json out of the
 #     ConfigMap and run `moat project ...` in this container on every node.
 #  3. self-heal: `moat reconcile` when CNI STATUS answers 51 (table gone).
@@ -16,7 +17,6 @@ set -u
 
 : "${NODE_NAME:?NODE_NAME must be set from the downward API}"
 CONF=${MOAT_CONFIG:-/etc/cni/net.d/10-moat.conflist}
-DATA_DIR=${MOAT_DATA_DIR:-/var/lib/cni/moat}
 POLICY_SRC=/etc/moat/policy.json
 INTERVAL=${MOAT_AGENT_INTERVAL:-10}
 PROTO=77
@@ -44,15 +44,17 @@ sync_routes() {
 
 # The checksum of the last ConfigMap policy applied on this node is kept next to
 # the policy, so an agent restart does not undo CLI changes made since then.
-APPLIED=$DATA_DIR/.configmap-policy.sha256
 sync_policy() {
-  [ -s "$POLICY_SRC" ] || return 0
+  [ -s "$POLICY_SRC" ] && [ -f "$CONF" ] || return 0
+  policy=$(policy_path "$CONF") || return 0
+  applied=$(dirname "$policy")/.configmap-policy.sha256
   sum=$(sha256sum "$POLICY_SRC" | cut -d' ' -f1)
-  [ "$sum" = "$(cat "$APPLIED" 2>/dev/null)" ] && return 0
-  cp "$POLICY_SRC" "$DATA_DIR/.policy.json.new" && mv -f "$DATA_DIR/.policy.json.new" "$DATA_DIR/policy.json" || return 0
+  [ "$sum" = "$(cat "$applied" 2>/dev/null)" ] && return 0
+  mkdir -p "$(dirname "$policy")"
+  cp "$POLICY_SRC" "$policy.new" && mv -f "$policy.new" "$policy" || return 0
   if moat --config "$CONF" reconcile; then
-    echo "$sum" > "$APPLIED"
-    log "applied policy from the ConfigMap ($sum)"
+    echo "$sum" > "$applied"
+    log "applied policy from the ConfigMap to $policy ($sum)"
   else
     log "reconcile after a policy change failed; will retry"
   fi
