@@ -1,5 +1,6 @@
 //! Moat's CNI plugin: routed veth wiring, node-local IPAM and nftables tenant isolation.
 
+pub mod cli;
 pub mod cmd;
 pub mod durable;
 pub mod entry;

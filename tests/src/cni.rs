@@ -80,6 +80,41 @@ impl Node {
         }
     }
 
+    /// The operator CLI, run in the node netns against this node's config.
+    pub fn cli(&self, args: &[&str]) -> CniOut {
+        std::fs::create_dir_all(&self.data_dir).unwrap();
+        let conf_path = self.data_dir.join("moat.conf");
+        std::fs::write(&conf_path, self.conf.to_string()).unwrap();
+        let out = self
+            .ns
+            .exec(self.bin.to_str().unwrap())
+            .arg("--config")
+            .arg(&conf_path)
+            .args(args)
+            .env_remove("CNI_COMMAND")
+            .output()
+            .expect("run moat cli");
+        CniOut {
+            success: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// `nft -j list table inet <table>` in the node netns.
+    pub fn nft_table(&self) -> Option<Value> {
+        let table = self.conf["isolation"]["table"].as_str().unwrap_or("moat");
+        let out = self
+            .ns
+            .exec("nft")
+            .args(["-j", "list", "table", "inet", table])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+
     pub fn node_ip(v6: bool) -> IpAddr {
         if v6 { "fdff::1" } else { "10.255.0.1" }.parse().unwrap()
     }

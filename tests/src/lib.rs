@@ -4,3 +4,5 @@
 pub mod bins;
 pub mod cni;
 pub mod netns;
+pub mod probe;
+pub mod truth;

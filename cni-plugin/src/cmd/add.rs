@@ -42,6 +42,7 @@ fn reserve<S: IpStore, W: Wiring, F: Firewall>(
     ctx: &mut Ctx<S, W, F>,
 ) -> Result<Attachment, CniError> {
     let key = AttachmentKey::new(&ctx.inv.container_id, &ctx.inv.ifname);
+    ctx.conf.require_ranges()?;
     let project = project_of(ctx)?;
     let _lock = StateLock::acquire(&ctx.conf.state_dir())
         .map_err(|e| CniError::from_error(Code::Io, &e))?;

@@ -13,6 +13,7 @@ pub(super) fn status<S: IpStore, W: Wiring, F: Firewall>(
     ctx: &mut Ctx<S, W, F>,
 ) -> Result<(), CniError> {
     require_1_1(ctx.conf.version, "STATUS")?;
+    ctx.conf.require_ranges()?;
     let unavailable = |msg: String| CniError::new(Code::NotAvailable, msg);
     let dir = ctx.conf.state_dir();
     let probe = dir.join(".status-probe");

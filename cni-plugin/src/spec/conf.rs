@@ -167,6 +167,17 @@ impl NetConf {
             .unwrap_or_else(|| self.state_dir().join("policy.json"))
     }
 
+    /// ADD and STATUS need ranges, from the config or the ipRanges capability.
+    pub fn require_ranges(&self) -> Result<(), CniError> {
+        if self.ranges.is_empty() {
+            return Err(CniError::new(
+                Code::InvalidConfig,
+                "no address ranges: set ipam.ranges or pass the ipRanges capability",
+            ));
+        }
+        Ok(())
+    }
+
     pub fn has_ipv6(&self) -> bool {
         self.ranges.iter().any(|r| r.is_ipv6())
     }
@@ -209,12 +220,10 @@ fn effective_ranges(ipam: &Value, runtime: &Value) -> Result<Vec<RangeSet>, CniE
     {
         return parse_range_sets(rt);
     }
+    // No ranges is legal for the operator CLI; ADD and STATUS refuse it.
     match get_ci(ipam, "ranges") {
         Some(r) => parse_range_sets(r),
-        None => Err(CniError::new(
-            Code::InvalidConfig,
-            "no address ranges: set ipam.ranges or pass the ipRanges capability",
-        )),
+        None => Ok(Vec::new()),
     }
 }
 
@@ -292,10 +301,8 @@ mod tests {
             Code::InvalidConfig
         );
         let none = r#"{"cniVersion":"1.0.0","name":"n","type":"moat"}"#;
-        assert_eq!(
-            NetConf::parse(none.as_bytes(), "moat").unwrap_err().code,
-            Code::InvalidConfig
-        );
+        let c = NetConf::parse(none.as_bytes(), "moat").unwrap();
+        assert_eq!(c.require_ranges().unwrap_err().code, Code::InvalidConfig);
     }
 
     #[test]

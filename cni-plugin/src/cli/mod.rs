@@ -1,0 +1,140 @@
+//! The operator's side of the same binary: `moat project join a b`, `moat pods`, …
+
+mod report;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::cmd::isolation::{load_policy, rebuild, save_policy};
+use crate::firewall::NftFirewall;
+use crate::ipam::DiskStore;
+use crate::lock::StateLock;
+use crate::policy::{Policy, Project};
+use crate::spec::{CniError, Code, NetConf};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "moat",
+    about = "Moat tenant isolation: operator commands (run by a runtime, moat is a CNI plugin)"
+)]
+pub struct Cli {
+    /// The network's conflist (or single plugin config).
+    #[arg(
+        long,
+        env = "MOAT_CONFIG",
+        default_value = "/etc/cni/net.d/10-moat.conflist"
+    )]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Subcommand, Debug)]
+enum Top {
+    /// Change who may talk to whom; takes effect for running pods at once.
+    #[command(subcommand)]
+    Project(ProjectCmd),
+    /// Show the policy: global projects, tenants, egress rules.
+    Policy,
+    /// Attached pods with project, tenant and addresses.
+    Pods,
+    /// Dropped cross-tenant packets by project pair.
+    Drops,
+    /// Rebuild the nftables table from persisted state.
+    Reconcile,
+}
+
+#[derive(Subcommand, Debug)]
+enum ProjectCmd {
+    /// Join projects (and whatever they are already joined with) into one tenant.
+    Join { projects: Vec<String> },
+    /// Let a project reach, and be reached by, every pod.
+    Global { project: String },
+    /// Make a project its own tenant again (not global, not joined).
+    Isolate { project: String },
+    /// Allow or deny a project's pods traffic to addresses outside the cluster.
+    Egress { mode: EgressMode, project: String },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+enum EgressMode {
+    Allow,
+    Deny,
+}
+
+/// Run the operator CLI; returns the exit code.
+pub fn run() -> i32 {
+    let cli = Cli::parse();
+    crate::logging::init(None, "warn");
+    match execute(&cli) {
+        Ok(out) => {
+            print!("{out}");
+            0
+        }
+        Err(e) => {
+            eprintln!("moat: {e}");
+            1
+        }
+    }
+}
+
+fn execute(cli: &Cli) -> Result<String, CniError> {
+    let bytes = std::fs::read(&cli.config).map_err(|e| {
+        CniError::new(Code::Io, format!("cannot read {}", cli.config.display()))
+            .with_details(e.to_string())
+    })?;
+    let conf = NetConf::parse(&bytes, crate::entry::PLUGIN_TYPE)?;
+    let _lock =
+        StateLock::acquire(&conf.state_dir()).map_err(|e| CniError::from_error(Code::Io, &e))?;
+    let store =
+        DiskStore::open(&conf.state_dir()).map_err(|e| CniError::from_error(Code::Io, &e))?;
+    let mut fw = NftFirewall::new();
+    match &cli.command {
+        Top::Project(cmd) => {
+            let mut policy = load_policy(&conf)?;
+            change(&mut policy, cmd)?;
+            // Persist first: a crash after it leaves a policy `reconcile` can apply.
+            save_policy(&conf, &policy)?;
+            rebuild(&conf, &store, &mut fw, &policy)?;
+            Ok(report::policy(&policy, &store)?)
+        }
+        Top::Policy => report::policy(&load_policy(&conf)?, &store),
+        Top::Pods => report::pods(&load_policy(&conf)?, &store),
+        Top::Drops => report::drops(&conf, &store, &mut fw),
+        Top::Reconcile => {
+            rebuild(&conf, &store, &mut fw, &load_policy(&conf)?)?;
+            Ok(format!("table inet {} rebuilt\n", conf.isolation.table))
+        }
+    }
+}
+
+fn project(s: &str) -> Result<Project, CniError> {
+    Project::new(s).map_err(|e| CniError::from_error(Code::InvalidConfig, &e))
+}
+
+fn change(policy: &mut Policy, cmd: &ProjectCmd) -> Result<(), CniError> {
+    match cmd {
+        ProjectCmd::Join { projects } => {
+            let ps = projects
+                .iter()
+                .map(|p| project(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            policy
+                .join(&ps)
+                .map_err(|e| CniError::from_error(Code::InvalidConfig, &e))
+        }
+        ProjectCmd::Global { project: p } => {
+            policy.make_global(&project(p)?);
+            Ok(())
+        }
+        ProjectCmd::Isolate { project: p } => {
+            policy.isolate(&project(p)?);
+            Ok(())
+        }
+        ProjectCmd::Egress { mode, project: p } => {
+            policy.set_egress(&project(p)?, matches!(mode, EgressMode::Allow));
+            Ok(())
+        }
+    }
+}
