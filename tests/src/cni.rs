@@ -84,7 +84,10 @@ impl Node {
     pub fn cli(&self, args: &[&str]) -> CniOut {
         std::fs::create_dir_all(&self.data_dir).unwrap();
         let conf_path = self.data_dir.join("moat.conf");
-        std::fs::write(&conf_path, self.conf.to_string()).unwrap();
+        // Atomic: parallel CLI calls must never read a half-written file.
+        let tmp = self.data_dir.join(unique("conf"));
+        std::fs::write(&tmp, self.conf.to_string()).unwrap();
+        std::fs::rename(&tmp, &conf_path).unwrap();
         let out = self
             .ns
             .exec(self.bin.to_str().unwrap())

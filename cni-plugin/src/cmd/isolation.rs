@@ -13,10 +13,33 @@ use crate::spec::{CniError, Code, NetConf};
 pub fn spec(conf: &NetConf) -> TableSpec {
     TableSpec {
         table: conf.isolation.table.clone(),
-        cluster_cidrs: conf.isolation.cluster_cidrs.clone(),
+        cluster_cidrs: cluster_cidrs(conf),
         masquerade: conf.isolation.masquerade,
         log_drops: conf.isolation.log_drops,
     }
+}
+
+/// Without explicit cluster CIDRs, the node's own pod ranges are the cluster:
+/// otherwise a pod's traffic to a pod of another node would count as egress and
+/// be masqueraded past the tenant check.
+fn cluster_cidrs(conf: &NetConf) -> Vec<ipnetwork::IpNetwork> {
+    if !conf.isolation.cluster_cidrs.is_empty() {
+        return conf.isolation.cluster_cidrs.clone();
+    }
+    let mut cidrs: Vec<_> = conf
+        .ranges
+        .iter()
+        .flat_map(|set| set.ranges.iter().map(|r| r.subnet))
+        .collect();
+    cidrs.sort_by_key(|c| (c.is_ipv6(), c.network(), c.prefix()));
+    cidrs.dedup();
+    // An interval set refuses overlapping elements: keep only the outermost.
+    let outer = |c: &ipnetwork::IpNetwork| {
+        !cidrs
+            .iter()
+            .any(|d| d.prefix() < c.prefix() && d.contains(c.network()))
+    };
+    cidrs.iter().copied().filter(outer).collect()
 }
 
 pub fn load_policy(conf: &NetConf) -> Result<Policy, CniError> {

@@ -4,6 +4,8 @@ pub mod file;
 pub mod model;
 pub mod nftjson;
 pub mod ruleset;
+#[cfg(test)]
+mod ruleset_tests;
 
 pub use model::{Policy, PolicyError, Project, Role};
 pub use nftjson::Batch;

@@ -173,17 +173,6 @@ fn base_chains(b: &mut Batch, spec: &TableSpec) {
             ],
         );
     }
-    if spec.log_drops {
-        // A separate chain: `limit` ends the rule it is in once over the rate.
-        b.add_chain("log_drop", None);
-        b.add_rule(
-            "log_drop",
-            vec![
-                json!({"limit": {"rate": 10, "per": "second"}}),
-                json!({"log": {"prefix": "moat drop: "}}),
-            ],
-        );
-    }
     for f in FAMS {
         to_pod_chain(b, f, spec.log_drops);
         from_pod_chain(b, f);
@@ -238,13 +227,26 @@ fn to_pod_chain(b: &mut Batch, f: Fam, log: bool) {
         vec![json!({"vmap": {"key": f.saddr(), "data": format!("@{}", f.name("tenant"))}})],
     );
     // Any other local pod: a cross-tenant packet, whatever conntrack thinks of it.
-    let mut cross = vec![in_set(f.saddr(), &f.name("pods"))];
     if log {
-        cross.push(jump("log_drop"));
+        // Its own rule: `limit` ends the rule it is in once over the rate, and a
+        // verdict (even a jump) must be the last statement of a rule.
+        b.add_rule(
+            &chain,
+            vec![
+                in_set(f.saddr(), &f.name("pods")),
+                json!({"limit": {"rate": 10, "per": "second"}}),
+                json!({"log": {"prefix": "moat drop: "}}),
+            ],
+        );
     }
-    cross.push(json!({"meter": {"name": f.name(METER_DROPS), "key": concat(vec![f.saddr(), f.daddr()]), "stmt": counter()}}));
-    cross.push(verdict("drop"));
-    b.add_rule(&chain, cross);
+    b.add_rule(
+        &chain,
+        vec![
+            in_set(f.saddr(), &f.name("pods")),
+            json!({"meter": {"name": f.name(METER_DROPS), "key": concat(vec![f.saddr(), f.daddr()]), "stmt": counter()}}),
+            verdict("drop"),
+        ],
+    );
     // From outside: only what a service or NodePort DNAT brought in, and replies.
     b.add_rule(
         &chain,
