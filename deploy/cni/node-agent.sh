@@ -11,7 +11,11 @@
 #     (<dataDir>/<network>/policy.json) and
 #     `moat reconcile` applies it to running pods in one transaction. Operators who prefer the CLI leave policy.json out of the
 #     ConfigMap and run `moat project ...` in this container on every node.
-#  3. self-heal: `moat reconcile` when CNI STATUS answers 51 (table gone).
+#  3. peers: the addresses and namespaces of pods running on other nodes go to
+#     `moat peers sync -`, so a connection a remote pod opens is judged by its
+#     project like a local one (unknown remote pods are dropped). Only applied
+#     when the list changed.
+#  4. self-heal: `moat reconcile` when CNI STATUS answers 51 (table gone).
 set -u
 . /usr/local/lib/moat/kube-api.sh
 
@@ -60,6 +64,21 @@ sync_policy() {
   fi
 }
 
+sync_peers() {
+  [ -f "$CONF" ] || return 0
+  pods=$(kube_get "/api/v1/pods?fieldSelector=spec.nodeName%21%3D$NODE_NAME%2Cstatus.phase%3DRunning") \
+    || { log "cannot list pods"; return; }
+  peers=$(printf '%s' "$pods" | jq -c '[.items[] | select(.spec.hostNetwork != true)
+    | .metadata.namespace as $ns | (.status.podIPs // [])[] | {ip: .ip, project: $ns}] | sort')
+  state=$(dirname "$(policy_path "$CONF")") || return 0
+  [ "$peers" = "$(cat "$state/.peers-synced" 2>/dev/null)" ] && return 0
+  if printf '%s' "$peers" | moat --config "$CONF" peers sync - >/dev/null; then
+    printf '%s' "$peers" > "$state/.peers-synced"
+  else
+    log "peers sync failed; will retry"
+  fi
+}
+
 heal() {
   [ -f "$CONF" ] || return 0
   # CNI STATUS (spec 1.1) answers 51 when moat's table is gone: rebuild it
@@ -77,6 +96,7 @@ log "node $NODE_NAME, config $CONF, every ${INTERVAL}s"
 while :; do
   sync_routes
   sync_policy
+  sync_peers
   heal
   sleep "$INTERVAL" &
   wait $!

@@ -2,14 +2,16 @@
 
 mod report;
 
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::cmd::isolation::{load_policy, rebuild, save_policy};
+use crate::cmd::isolation::{load_peers, load_policy, peers_path, rebuild, save_policy};
 use crate::firewall::NftFirewall;
 use crate::ipam::DiskStore;
 use crate::lock::StateLock;
+use crate::policy::peers::{self, Peer};
 use crate::policy::{Policy, Project};
 use crate::spec::{CniError, Code, NetConf};
 
@@ -43,6 +45,18 @@ enum Top {
     Drops,
     /// Rebuild the nftables table from persisted state.
     Reconcile,
+    /// Pods of other nodes (address → project), kept in step by the node agent.
+    #[command(subcommand)]
+    Peers(PeersCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum PeersCmd {
+    /// Replace the peer list with FILE's JSON (`-` for stdin:
+    /// `[{"ip": "10.244.2.7", "project": "shop"}, …]`) and apply it at once.
+    Sync { file: PathBuf },
+    /// Show the synced peers.
+    List,
 }
 
 #[derive(Subcommand, Debug)]
@@ -102,11 +116,33 @@ fn execute(cli: &Cli) -> Result<String, CniError> {
         Top::Policy => report::policy(&load_policy(&conf)?, &store),
         Top::Pods => report::pods(&load_policy(&conf)?, &store),
         Top::Drops => report::drops(&conf, &store, &mut fw),
+        Top::Peers(PeersCmd::List) => report::peers(&load_policy(&conf)?, &load_peers(&conf)?),
+        Top::Peers(PeersCmd::Sync { file }) => {
+            let peers = read_peers(file)?;
+            peers::save(&peers_path(&conf), &peers)
+                .map_err(|e| CniError::from_error(Code::Io, &e))?;
+            rebuild(&conf, &store, &mut fw, &load_policy(&conf)?)?;
+            Ok(format!("{} peers synced\n", peers.len()))
+        }
         Top::Reconcile => {
             rebuild(&conf, &store, &mut fw, &load_policy(&conf)?)?;
             Ok(format!("table inet {} rebuilt\n", conf.isolation.table))
         }
     }
+}
+
+fn read_peers(file: &Path) -> Result<Vec<Peer>, CniError> {
+    let bytes = if file == Path::new("-") {
+        let mut b = Vec::new();
+        std::io::stdin().read_to_end(&mut b).map(|_| b)
+    } else {
+        std::fs::read(file)
+    }
+    .map_err(|e| {
+        CniError::new(Code::Io, format!("cannot read {}", file.display()))
+            .with_details(e.to_string())
+    })?;
+    peers::parse(&bytes, file).map_err(|e| CniError::from_error(Code::Decode, &e))
 }
 
 fn project(s: &str) -> Result<Project, CniError> {

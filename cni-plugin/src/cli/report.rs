@@ -4,8 +4,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 use std::net::IpAddr;
 
+use crate::cmd::isolation::load_peers;
 use crate::firewall::{Firewall, NftFirewall};
 use crate::ipam::{DiskStore, IpStore};
+use crate::policy::peers::Peer;
 use crate::policy::{Policy, Project, Role};
 use crate::spec::{CniError, Code, NetConf};
 
@@ -67,13 +69,28 @@ pub fn pods(policy: &Policy, store: &DiskStore) -> Result<String, CniError> {
     Ok(out)
 }
 
+pub fn peers(policy: &Policy, peers: &[Peer]) -> Result<String, CniError> {
+    let mut out = format!("{:<40} {:<24} {}\n", "ADDRESS", "PROJECT", "ROLE");
+    for p in peers {
+        let role = role_name(policy, p.project.as_str());
+        let _ = writeln!(out, "{:<40} {:<24} {role}", p.ip, p.project);
+    }
+    Ok(out)
+}
+
 pub fn drops(conf: &NetConf, store: &DiskStore, fw: &mut NftFirewall) -> Result<String, CniError> {
-    let owner: BTreeMap<IpAddr, String> = store
-        .list()
-        .map_err(io)?
+    // Peers first: a local pod's record wins for an address both name.
+    let mut owner: BTreeMap<IpAddr, String> = load_peers(conf)?
         .into_iter()
-        .flat_map(|r| r.ips.into_iter().map(move |ip| (ip, r.project.clone())))
+        .map(|p| (p.ip, p.project.to_string()))
         .collect();
+    owner.extend(
+        store
+            .list()
+            .map_err(io)?
+            .into_iter()
+            .flat_map(|r| r.ips.into_iter().map(move |ip| (ip, r.project.clone()))),
+    );
     let project_of = |ip: &IpAddr| {
         owner
             .get(ip)

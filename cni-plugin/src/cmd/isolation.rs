@@ -6,6 +6,7 @@ use tracing::{info, warn};
 use crate::firewall::Firewall;
 use crate::ipam::{Attachment, IpStore};
 use crate::policy::file::{load, save};
+use crate::policy::peers::{self, Peer};
 use crate::policy::ruleset::{full, pod_change};
 use crate::policy::{PodEntry, Policy, Project, TableSpec};
 use crate::spec::{CniError, Code, NetConf};
@@ -57,6 +58,15 @@ pub fn save_policy(conf: &NetConf, policy: &Policy) -> Result<(), CniError> {
     save(&conf.policy_path(), policy).map_err(|e| CniError::from_error(Code::Io, &e))
 }
 
+/// Pods of other nodes, as last synced by the node agent.
+pub fn peers_path(conf: &NetConf) -> std::path::PathBuf {
+    conf.state_dir().join("peers.json")
+}
+
+pub fn load_peers(conf: &NetConf) -> Result<Vec<Peer>, CniError> {
+    peers::load(&peers_path(conf)).map_err(|e| CniError::from_error(Code::InvalidConfig, &e))
+}
+
 fn entry(record: &Attachment) -> Option<PodEntry> {
     let project = Project::new(&record.project)
         .inspect_err(|e| warn!(container_id = %record.key.container_id, error = %e, "record with invalid project skipped"))
@@ -83,9 +93,10 @@ pub fn rebuild<S: IpStore, F: Firewall>(
         .list()
         .map_err(|e| CniError::from_error(Code::Io, &e))?;
     let pods: Vec<PodEntry> = records.iter().filter_map(entry).collect();
-    fw.apply("rebuild", &full(&spec(conf), policy, &pods))
+    let peers = load_peers(conf)?;
+    fw.apply("rebuild", &full(&spec(conf), policy, &pods, &peers))
         .map_err(fw_err)?;
-    info!(table = %conf.isolation.table, pods = pods.len(), "table rebuilt");
+    info!(table = %conf.isolation.table, pods = pods.len(), peers = peers.len(), "table rebuilt");
     Ok(())
 }
 

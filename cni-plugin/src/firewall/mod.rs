@@ -133,10 +133,14 @@ impl Firewall for NftFirewall {
 
     fn drops(&mut self, table: &str) -> Result<Vec<DropCount>, FirewallError> {
         let mut out = Vec::new();
-        for fam in ["4", "6"] {
-            let name = format!("{}{fam}", crate::policy::ruleset::METER_DROPS);
-            if let Some(v) = self.list("meter", table, &["list", "meter", "inet", table, &name])? {
-                out.extend(parse_meter(&v));
+        for meter in crate::policy::ruleset::DROP_METERS {
+            for fam in ["4", "6"] {
+                let name = format!("{meter}{fam}");
+                if let Some(v) =
+                    self.list("meter", table, &["list", "meter", "inet", table, &name])?
+                {
+                    out.extend(parse_meter(&v));
+                }
             }
         }
         Ok(out)

@@ -3,6 +3,7 @@
 pub mod file;
 pub mod model;
 pub mod nftjson;
+pub mod peers;
 pub mod ruleset;
 #[cfg(test)]
 mod ruleset_tests;

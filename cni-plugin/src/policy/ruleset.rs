@@ -2,7 +2,7 @@
 //! hash lookups whatever the number of pods or projects: pods live in sets and
 //! maps, and the rule count does not grow with pods.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
@@ -12,6 +12,7 @@ use super::model::{Policy, Project, Role};
 use super::nftjson::{
     concat, counter, ct, in_set, jump, matches, meta, not_in_set, verdict, Batch, Fam, FAMS,
 };
+use super::peers::Peer;
 
 /// One attachment as the firewall sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,7 +31,8 @@ pub struct TableSpec {
     pub log_drops: bool,
 }
 
-pub const METER_DROPS: &str = "drops";
+/// Per (source, destination) drop counters: local sources, other nodes' pods.
+pub const DROP_METERS: [&str; 2] = ["drops", "peerdrops"];
 const PRIO_RAW: i32 = -300;
 const PRIO_FILTER_EARLY: i32 = -5;
 const PRIO_SRCNAT: i32 = 100;
@@ -41,7 +43,9 @@ pub fn tenant_chain(t: &Project) -> String {
 
 /// The whole table, replacing whatever is there in the same transaction
 /// (add-then-delete makes the delete safe when the table is missing).
-pub fn full(spec: &TableSpec, policy: &Policy, pods: &[PodEntry]) -> Batch {
+/// Peers (pods of other nodes) join their tenant's map and sets; an address
+/// that is also a local pod is the local pod's.
+pub fn full(spec: &TableSpec, policy: &Policy, pods: &[PodEntry], peers: &[Peer]) -> Batch {
     let mut b = Batch::new(&spec.table);
     b.add_table();
     b.delete_table();
@@ -56,14 +60,24 @@ pub fn full(spec: &TableSpec, policy: &Policy, pods: &[PodEntry]) -> Batch {
         declare_family_sets(&mut b, spec, f);
     }
     base_chains(&mut b, spec);
-    let mut tenants: BTreeMap<Project, ()> = BTreeMap::new();
+    let mut tenants: BTreeSet<Project> = BTreeSet::new();
+    let mut local: BTreeSet<IpAddr> = BTreeSet::new();
     for pod in pods {
         if let Role::Tenant(t) = policy.role(&pod.project) {
-            if tenants.insert(t.clone(), ()).is_none() {
+            if tenants.insert(t.clone()) {
                 tenant_chain_cmds(&mut b, &t);
             }
         }
         pod_elements(&mut b, policy, pod, "add");
+        local.extend(pod.ips.iter().copied());
+    }
+    for peer in peers.iter().filter(|p| !local.contains(&p.ip)) {
+        if let Role::Tenant(t) = policy.role(&peer.project) {
+            if tenants.insert(t.clone()) {
+                tenant_chain_cmds(&mut b, &t);
+            }
+        }
+        member_elements(&mut b, policy, &peer.project, peer.ip, "add");
     }
     b
 }
@@ -114,7 +128,6 @@ fn tenant_chain_cmds(b: &mut Batch, t: &Project) {
 
 fn pod_elements(b: &mut Batch, policy: &Policy, pod: &PodEntry, verb: &str) {
     b.element(verb, "podif", vec![json!(pod.host_ifname)]);
-    let role = policy.role(&pod.project);
     for ip in &pod.ips {
         let f = Fam::of(ip);
         let addr = json!(ip.to_string());
@@ -122,22 +135,29 @@ fn pod_elements(b: &mut Batch, policy: &Policy, pod: &PodEntry, verb: &str) {
         b.element(
             verb,
             &f.name("podsrc"),
-            vec![concat(vec![json!(pod.host_ifname), addr.clone()])],
+            vec![concat(vec![json!(pod.host_ifname), addr])],
         );
-        match &role {
-            Role::Global => b.element(verb, &f.name("global"), vec![addr.clone()]),
-            Role::Tenant(t) => {
-                let chain = tenant_chain(t);
-                b.element(
-                    verb,
-                    &f.name("tenant"),
-                    vec![json!([addr.clone(), jump(&chain)])],
-                );
-                b.element(verb, &format!("{chain}-{}", f.suffix), vec![addr.clone()]);
-            }
-        }
+        member_elements(b, policy, &pod.project, *ip, verb);
         if policy.egress_deny.contains(&pod.project) {
-            b.element(verb, &f.name("egress_deny"), vec![addr]);
+            b.element(verb, &f.name("egress_deny"), vec![json!(ip.to_string())]);
+        }
+    }
+}
+
+/// What makes an address a member of its project's tenant (or of the globals).
+fn member_elements(b: &mut Batch, policy: &Policy, project: &Project, ip: IpAddr, verb: &str) {
+    let f = Fam::of(&ip);
+    let addr = json!(ip.to_string());
+    match policy.role(project) {
+        Role::Global => b.element(verb, &f.name("global"), vec![addr]),
+        Role::Tenant(t) => {
+            let chain = tenant_chain(&t);
+            b.element(
+                verb,
+                &f.name("tenant"),
+                vec![json!([addr.clone(), jump(&chain)])],
+            );
+            b.element(verb, &format!("{chain}-{}", f.suffix), vec![addr]);
         }
     }
 }
@@ -227,26 +247,31 @@ fn to_pod_chain(b: &mut Batch, f: Fam, log: bool) {
         vec![json!({"vmap": {"key": f.saddr(), "data": format!("@{}", f.name("tenant"))}})],
     );
     // Any other local pod: a cross-tenant packet, whatever conntrack thinks of it.
-    if log {
-        // Its own rule: `limit` ends the rule it is in once over the rate, and a
-        // verdict (even a jump) must be the last statement of a rule.
+    // Local pods, then pods of other nodes not of this tenant (or not synced
+    // yet): cross-tenant, whatever conntrack or a DNAT says. Each has its own
+    // meter: two rules cannot share one.
+    for (sources, meter) in [("pods", DROP_METERS[0]), ("cluster", DROP_METERS[1])] {
+        if log {
+            // Its own rule: `limit` ends the rule it is in once over the rate,
+            // and a verdict (even a jump) must be the last statement of a rule.
+            b.add_rule(
+                &chain,
+                vec![
+                    in_set(f.saddr(), &f.name(sources)),
+                    json!({"limit": {"rate": 10, "per": "second"}}),
+                    json!({"log": {"prefix": "moat drop: "}}),
+                ],
+            );
+        }
         b.add_rule(
             &chain,
             vec![
-                in_set(f.saddr(), &f.name("pods")),
-                json!({"limit": {"rate": 10, "per": "second"}}),
-                json!({"log": {"prefix": "moat drop: "}}),
+                in_set(f.saddr(), &f.name(sources)),
+                json!({"meter": {"name": f.name(meter), "key": concat(vec![f.saddr(), f.daddr()]), "stmt": counter()}}),
+                verdict("drop"),
             ],
         );
     }
-    b.add_rule(
-        &chain,
-        vec![
-            in_set(f.saddr(), &f.name("pods")),
-            json!({"meter": {"name": f.name(METER_DROPS), "key": concat(vec![f.saddr(), f.daddr()]), "stmt": counter()}}),
-            verdict("drop"),
-        ],
-    );
     // From outside: only what a service or NodePort DNAT brought in, and replies.
     b.add_rule(
         &chain,

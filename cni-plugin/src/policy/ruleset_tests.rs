@@ -3,6 +3,7 @@
 use serde_json::Value;
 
 use super::model::{Policy, Project};
+use super::peers::Peer;
 use super::ruleset::{full, pod_change, PodEntry, TableSpec};
 
 fn p(name: &str) -> Project {
@@ -64,18 +65,18 @@ fn rule_count_is_independent_of_pods_and_projects() {
     let many: Vec<_> = (0..1000)
         .map(|i| pod(i, &format!("p{}", i % 100)))
         .collect();
-    let base = full(&spec(false, true), &policy, &few).rule_count();
+    let base = full(&spec(false, true), &policy, &few, &[]).rule_count();
     // Each tenant chain holds two rules (v4, v6); the per-packet path visits one.
     let tenants = |n: usize| 2 * n;
     assert_eq!(
-        full(&spec(false, true), &policy, &many).rule_count() - tenants(100),
+        full(&spec(false, true), &policy, &many, &[]).rule_count() - tenants(100),
         base - tenants(1)
     );
 }
 
 #[test]
 fn full_replaces_the_table_atomically() {
-    let b = full(&spec(false, true), &Policy::default(), &[]);
+    let b = full(&spec(false, true), &Policy::default(), &[], &[]);
     let o = ops(&b.cmds);
     let head: Vec<_> = o
         .iter()
@@ -90,7 +91,7 @@ fn tenant_pods_map_to_their_tenant_chain_and_global_pods_to_the_global_set() {
     let mut policy = Policy::with_global([p("kube-system")]);
     policy.join(&[p("b"), p("a")]).unwrap();
     let pods = [pod(0, "a"), pod(1, "b"), pod(2, "c"), pod(3, "kube-system")];
-    let b = full(&spec(false, true), &policy, &pods);
+    let b = full(&spec(false, true), &policy, &pods, &[]);
     let mut tenant_chains: Vec<_> = chains(&b.cmds)
         .into_iter()
         .filter(|c| c.starts_with("tenant-"))
@@ -136,7 +137,12 @@ fn tenant_pods_map_to_their_tenant_chain_and_global_pods_to_the_global_set() {
 fn egress_deny_puts_the_project_pods_in_the_deny_sets() {
     let mut policy = Policy::default();
     policy.set_egress(&p("a"), false);
-    let b = full(&spec(false, true), &policy, &[pod(0, "a"), pod(1, "b")]);
+    let b = full(
+        &spec(false, true),
+        &policy,
+        &[pod(0, "a"), pod(1, "b")],
+        &[],
+    );
     assert_eq!(
         elements_of(&b.cmds, "add", "egress_deny4"),
         [Value::from("10.1.0.2")]
@@ -168,7 +174,7 @@ fn pod_change_touches_elements_only_and_deletes_what_add_added() {
 
 #[test]
 fn log_drops_adds_a_rate_limited_log_chain_and_masquerade_is_optional() {
-    let plain = full(&spec(false, false), &Policy::default(), &[]);
+    let plain = full(&spec(false, false), &Policy::default(), &[], &[]);
     assert!(!chains(&plain.cmds).iter().any(|c| c == "postrouting"));
     let logs = |b: &super::nftjson::Batch| -> Vec<Value> {
         b.cmds
@@ -179,10 +185,10 @@ fn log_drops_adds_a_rate_limited_log_chain_and_masquerade_is_optional() {
             .collect()
     };
     assert!(logs(&plain).is_empty());
-    let logged = full(&spec(true, true), &Policy::default(), &[]);
+    let logged = full(&spec(true, true), &Policy::default(), &[], &[]);
     assert!(chains(&logged.cmds).iter().any(|c| c == "postrouting"));
     let rules = logs(&logged);
-    assert_eq!(rules.len(), 2, "one per family");
+    assert_eq!(rules.len(), 4, "local and peer sources, per family");
     for expr in rules {
         let stmts = expr.as_array().unwrap();
         assert!(stmts[1].get("limit").is_some(), "{expr}");
@@ -193,4 +199,52 @@ fn log_drops_adds_a_rate_limited_log_chain_and_masquerade_is_optional() {
             "no verdict: {expr}"
         );
     }
+}
+
+#[test]
+fn peers_join_their_tenant_but_a_local_pod_keeps_its_address() {
+    let mut policy = Policy::with_global([p("kube-system")]);
+    policy.join(&[p("a"), p("b")]).unwrap();
+    let peer = |ip: &str, project: &str| Peer {
+        ip: ip.parse().unwrap(),
+        project: p(project),
+    };
+    let peers = [
+        peer("10.2.0.5", "b"),
+        peer("10.2.0.6", "kube-system"),
+        peer("10.2.0.7", "d"),
+        peer("10.1.0.2", "d"), // stale: that address is a local pod of a now
+    ];
+    let b = full(&spec(false, true), &policy, &[pod(0, "a")], &peers);
+    let map = elements_of(&b.cmds, "add", "tenant4");
+    let targets: Vec<_> = map
+        .iter()
+        .map(|e| {
+            (
+                e[0].as_str().unwrap(),
+                e[1]["jump"]["target"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        targets,
+        [
+            ("10.1.0.2", "tenant-a"),
+            ("10.2.0.5", "tenant-a"),
+            ("10.2.0.7", "tenant-d")
+        ]
+    );
+    assert_eq!(
+        elements_of(&b.cmds, "add", "global4"),
+        [Value::from("10.2.0.6")]
+    );
+    assert_eq!(
+        elements_of(&b.cmds, "add", "pods4"),
+        [Value::from("10.1.0.2")],
+        "peers are not local pods"
+    );
+    assert!(
+        chains(&b.cmds).iter().any(|c| c == "tenant-d"),
+        "a tenant only peers have"
+    );
 }
