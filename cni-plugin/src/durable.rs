@@ -43,3 +43,15 @@ pub fn remove_stale_temps(dir: &Path) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// Replace the JSON file at `path` (creating its directory) crash-safely.
+pub fn save_json<T: serde::Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let json = serde_json::to_vec_pretty(value).map_err(io::Error::other)?;
+    write_atomic(dir, name, &json)
+}

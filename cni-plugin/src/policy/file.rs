@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use super::model::{Policy, Project};
-use crate::durable::write_atomic;
+use crate::durable::save_json;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyFileError {
@@ -45,16 +45,8 @@ pub fn load(path: &Path, default_global: &[Project]) -> Result<Policy, PolicyFil
 }
 
 pub fn save(path: &Path, policy: &Policy) -> Result<(), PolicyFileError> {
-    let write_err = |source| PolicyFileError::Write {
+    save_json(path, &policy).map_err(|source| PolicyFileError::Write {
         path: path.into(),
         source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(write_err)?;
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("policy.json");
-    let json = serde_json::to_vec_pretty(policy).expect("policy serialises");
-    write_atomic(dir, name, &json).map_err(write_err)
+    })
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::model::Project;
-use crate::durable::write_atomic;
+use crate::durable::save_json;
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Peer {
@@ -65,18 +65,10 @@ pub fn load(path: &Path) -> Result<Vec<Peer>, PeersError> {
 }
 
 pub fn save(path: &Path, peers: &[Peer]) -> Result<(), PeersError> {
-    let write_err = |source| PeersError::Write {
+    save_json(path, &peers).map_err(|source| PeersError::Write {
         path: path.into(),
         source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(write_err)?;
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("peers.json");
-    let json = serde_json::to_vec_pretty(peers).expect("peers serialise");
-    write_atomic(dir, name, &json).map_err(write_err)
+    })
 }
 
 #[cfg(test)]

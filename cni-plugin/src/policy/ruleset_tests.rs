@@ -50,6 +50,27 @@ fn elements_of(cmds: &[Value], verb: &str, set: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The IPv4 tenant verdict map as (address, chain) pairs.
+fn tenant_map(cmds: &[Value]) -> Vec<(String, String)> {
+    elements_of(cmds, "add", "tenant4")
+        .iter()
+        .map(|e| {
+            let target = &e[1]["jump"]["target"];
+            (
+                e[0].as_str().unwrap().into(),
+                target.as_str().unwrap().into(),
+            )
+        })
+        .collect()
+}
+
+fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
+    items
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
 fn chains(cmds: &[Value]) -> Vec<String> {
     ops(cmds)
         .into_iter()
@@ -102,23 +123,13 @@ fn tenant_pods_map_to_their_tenant_chain_and_global_pods_to_the_global_set() {
         ["tenant-a", "tenant-c"],
         "a and b share the chain of a"
     );
-    let map = elements_of(&b.cmds, "add", "tenant4");
-    let targets: Vec<_> = map
-        .iter()
-        .map(|e| {
-            (
-                e[0].as_str().unwrap(),
-                e[1]["jump"]["target"].as_str().unwrap(),
-            )
-        })
-        .collect();
     assert_eq!(
-        targets,
-        [
+        tenant_map(&b.cmds),
+        pairs(&[
             ("10.1.0.2", "tenant-a"),
             ("10.1.0.3", "tenant-a"),
             ("10.1.0.4", "tenant-c")
-        ]
+        ])
     );
     assert_eq!(elements_of(&b.cmds, "add", "tenant-a-4").len(), 2);
     assert_eq!(
@@ -216,23 +227,13 @@ fn peers_join_their_tenant_but_a_local_pod_keeps_its_address() {
         peer("10.1.0.2", "d"), // stale: that address is a local pod of a now
     ];
     let b = full(&spec(false, true), &policy, &[pod(0, "a")], &peers);
-    let map = elements_of(&b.cmds, "add", "tenant4");
-    let targets: Vec<_> = map
-        .iter()
-        .map(|e| {
-            (
-                e[0].as_str().unwrap(),
-                e[1]["jump"]["target"].as_str().unwrap(),
-            )
-        })
-        .collect();
     assert_eq!(
-        targets,
-        [
+        tenant_map(&b.cmds),
+        pairs(&[
             ("10.1.0.2", "tenant-a"),
             ("10.2.0.5", "tenant-a"),
             ("10.2.0.7", "tenant-d")
-        ]
+        ])
     );
     assert_eq!(
         elements_of(&b.cmds, "add", "global4"),
