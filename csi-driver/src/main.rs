@@ -1,1 +1,45 @@
-fn main() {}
+//! moat-csi: the CSI driver binary (controller, node, or both).
+
+mod backend;
+mod config;
+mod mount;
+mod ops;
+mod server;
+mod service;
+mod state;
+mod volume;
+
+use clap::Parser;
+
+fn main() -> anyhow::Result<()> {
+    let args = config::Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MOAT_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let socket = args.socket_path()?;
+    let driver = ops::Driver {
+        name: args.driver_name.clone(),
+        node_id: args.node_id.clone(),
+        store: state::Store::open(&args.state_dir())?,
+        pool: backend::Pool::open(&args.pool)?,
+        mounter: Box::new(mount::LinuxMounter),
+        loops: Box::new(backend::LosetupLoops),
+        quotas: args.driver_config()?.project_quotas,
+        crash_at: std::env::var("MOAT_CSI_CRASH_AT").ok(),
+    };
+    if args.mode.controller() {
+        ops::reconcile::controller(&driver)?;
+    }
+    if args.mode.node() {
+        ops::reconcile::node(&driver)?;
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(server::serve(&socket, args.mode, driver))
+}

@@ -3,6 +3,7 @@
 
 pub mod bins;
 pub mod cni;
+pub mod csi;
 pub mod netns;
 pub mod probe;
 pub mod truth;

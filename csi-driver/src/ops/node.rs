@@ -1,0 +1,261 @@
+//! Node RPCs: staging (loop device + filesystem mount), publishing (bind
+//! mounts, read-only when the rules say so), stats and online expansion.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use tracing::info;
+
+use super::controller::ready_volume;
+use super::{Driver, DriverError, Result};
+use crate::backend::grow_fs;
+use crate::volume::access::{self, supports, Capability, Refusal};
+use crate::volume::{Kind, NodePublication, PubState, Stage, Volume};
+
+pub const CTX_POD_NAMESPACE: &str = "csi.storage.k8s.io/pod.namespace";
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DriverError + 'a {
+    move |source| {
+        DriverError::Backend(crate::backend::BackendError::Io {
+            what,
+            path: path.into(),
+            source,
+        })
+    }
+}
+
+fn check_cap(v: &Volume, cap: &Capability) -> Result<()> {
+    if supports(v.kind, cap) {
+        Ok(())
+    } else {
+        Err(DriverError::InvalidArgument(format!(
+            "a {:?} volume cannot be used as {cap:?}",
+            v.kind
+        )))
+    }
+}
+
+pub fn stage(d: &Driver, id: &str, staging: &str, cap: &Capability) -> Result<()> {
+    let v = ready_volume(d, id)?;
+    check_cap(&v, cap)?;
+    if let Some(s) = d.store.stage(&d.node_id, id)? {
+        if s.staging_path != staging {
+            return Err(DriverError::AlreadyExists(format!(
+                "volume {id} is staged at {}",
+                s.staging_path
+            )));
+        }
+        if v.kind != Kind::Image || d.mounter.mounted(Path::new(staging))?.is_some() {
+            return Ok(());
+        }
+    }
+    let ro = cap.mode.read_only();
+    let staging_path = Path::new(staging);
+    fs::create_dir_all(staging_path).map_err(io("create", staging_path))?;
+    let image = d.pool.volume_path(v.kind, id);
+    let device = match v.kind {
+        Kind::Dir => None,
+        Kind::Block => Some(d.loops.attach(&image, ro)?),
+        Kind::Image => {
+            let dev = d.loops.attach(&image, ro)?;
+            let fs_type = v.fs_type.as_deref().unwrap_or("ext4");
+            if d.mounter.mounted(staging_path)?.is_none() {
+                d.mounter.mount_fs(&dev, staging_path, fs_type, ro)?;
+            }
+            if !ro {
+                // A clone, a restore or an offline expansion left the image
+                // larger than its filesystem: grow it now, online.
+                grow_fs(fs_type, &dev, staging_path)?;
+            }
+            Some(dev)
+        }
+    };
+    d.crash_point("stage-after-mount");
+    d.store.put_stage(&Stage {
+        volume_id: id.into(),
+        node_id: d.node_id.clone(),
+        staging_path: staging.into(),
+        device: device.map(|p| p.to_string_lossy().into_owned()),
+        readonly: ro,
+    })?;
+    info!(volume_id = %id, staging_path = %staging, "volume staged");
+    Ok(())
+}
+
+pub fn unstage(d: &Driver, id: &str, staging: &str) -> Result<()> {
+    let staging_path = Path::new(staging);
+    d.mounter.unmount(staging_path)?;
+    if let Some(s) = d.store.stage(&d.node_id, id)? {
+        if let Some(dev) = &s.device {
+            // Another (simulated) node on this machine may share the device:
+            // the kernel then frees it when its last user unmounts.
+            d.loops.detach(Path::new(dev))?;
+        }
+        d.store.remove_stage(&d.node_id, id)?;
+    }
+    info!(volume_id = %id, staging_path = %staging, "volume unstaged");
+    Ok(())
+}
+
+pub struct PublishArgs<'a> {
+    pub id: &'a str,
+    pub staging: &'a str,
+    pub target: &'a str,
+    pub cap: &'a Capability,
+    pub readonly: bool,
+    pub pod_namespace: Option<&'a str>,
+}
+
+fn refusal(r: Refusal) -> DriverError {
+    match r {
+        Refusal::Held(m) => DriverError::FailedPrecondition(m),
+        Refusal::Incompatible(m) => DriverError::AlreadyExists(m),
+    }
+}
+
+/// What gets bind-mounted at the target.
+fn bind_source(d: &Driver, v: &Volume, staging: &str) -> Result<PathBuf> {
+    let not_staged = || {
+        DriverError::FailedPrecondition(format!(
+            "volume {} is not staged at {staging} on this node",
+            v.id
+        ))
+    };
+    let stage = d
+        .store
+        .stage(&d.node_id, &v.id)?
+        .filter(|s| s.staging_path == staging)
+        .ok_or_else(not_staged)?;
+    Ok(match v.kind {
+        Kind::Dir => d.pool.volume_path(Kind::Dir, &v.id),
+        Kind::Block => PathBuf::from(stage.device.ok_or_else(not_staged)?),
+        Kind::Image => PathBuf::from(&stage.staging_path),
+    })
+}
+
+pub fn publish(d: &Driver, a: &PublishArgs) -> Result<bool> {
+    let v = ready_volume(d, a.id)?;
+    access::may_mount(v.owner.as_deref(), &v.shared_with, a.pod_namespace)
+        .map_err(DriverError::PermissionDenied)?;
+    check_cap(&v, a.cap)?;
+    let target = Path::new(a.target);
+    // Held across the decision and the mount: two nodes racing for a
+    // single-writer volume see each other's publication.
+    let _lock = d.store.lock()?;
+    let pubs = d.store.publications(a.id)?;
+    let plan = access::node_publish(&pubs, &d.node_id, a.target, a.cap.mode, a.readonly)
+        .map_err(refusal)?;
+    if plan.done && d.mounter.mounted(target)?.is_some() {
+        return Ok(plan.readonly);
+    }
+    let source = bind_source(d, &v, a.staging)?;
+    let mut record = NodePublication {
+        volume_id: a.id.into(),
+        node_id: d.node_id.clone(),
+        target: a.target.into(),
+        mode: a.cap.mode,
+        readonly: plan.readonly,
+        state: PubState::Publishing,
+    };
+    d.store.put_publication(&record)?;
+    if v.kind == Kind::Block {
+        if let Some(parent) = target.parent() {
+            fs::create_dir_all(parent).map_err(io("create", parent))?;
+        }
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(target)
+            .map_err(io("create", target))?;
+    } else {
+        fs::create_dir_all(target).map_err(io("create", target))?;
+    }
+    if d.mounter.mounted(target)?.is_none() {
+        d.mounter.bind(&source, target, plan.readonly)?;
+    }
+    d.crash_point("publish-after-mount");
+    record.state = PubState::Published;
+    d.store.put_publication(&record)?;
+    info!(volume_id = %a.id, target_path = %a.target, readonly = plan.readonly, "volume published");
+    Ok(plan.readonly)
+}
+
+pub fn unpublish(d: &Driver, id: &str, target: &str) -> Result<()> {
+    let target_path = Path::new(target);
+    let _lock = d.store.lock()?;
+    while d.mounter.unmount(target_path)? {}
+    // The spec has the plugin remove what it created at the target.
+    match fs::metadata(target_path) {
+        Ok(m) if m.is_dir() => fs::remove_dir(target_path).map_err(io("remove", target_path))?,
+        Ok(_) => fs::remove_file(target_path).map_err(io("remove", target_path))?,
+        Err(_) => {}
+    }
+    let mine = d
+        .store
+        .publications(id)?
+        .into_iter()
+        .filter(|p| p.node_id == d.node_id && p.target == target);
+    for p in mine {
+        d.store.remove_publication(&p)?;
+    }
+    info!(volume_id = %id, target_path = %target, "volume unpublished");
+    Ok(())
+}
+
+/// (bytes available, total, used) and (inodes available, total, used).
+pub type Usage = ([u64; 3], [u64; 3]);
+
+pub fn stats(d: &Driver, id: &str, path: &str) -> Result<Usage> {
+    let v = ready_volume(d, id)?;
+    let p = Path::new(path);
+    if !p.exists() {
+        return Err(DriverError::NotFound(format!(
+            "volume path {path} does not exist"
+        )));
+    }
+    if v.kind == Kind::Dir {
+        let (used, inodes) = d.pool.usage(&d.pool.volume_path(Kind::Dir, id))?;
+        return Ok((
+            [v.capacity.saturating_sub(used), v.capacity, used],
+            [0, 0, inodes],
+        ));
+    }
+    if v.kind == Kind::Block {
+        return Ok(([0, v.capacity, 0], [0, 0, 0]));
+    }
+    let s = nix::sys::statvfs::statvfs(p).map_err(|e| io("statvfs", p)(e.into()))?;
+    let f = s.fragment_size() as u64;
+    let (total, free, avail) = (
+        s.blocks() as u64 * f,
+        s.blocks_free() as u64 * f,
+        s.blocks_available() as u64 * f,
+    );
+    let (itotal, ifree) = (s.files() as u64, s.files_free() as u64);
+    Ok((
+        [avail, total, total - free],
+        [ifree, itotal, itotal - ifree],
+    ))
+}
+
+/// Grow the filesystem (or block device) to the volume's new capacity, online.
+pub fn expand(d: &Driver, id: &str) -> Result<u64> {
+    let v = ready_volume(d, id)?;
+    if v.kind == Kind::Dir {
+        return Ok(v.capacity);
+    }
+    let stage = d.store.stage(&d.node_id, id)?.ok_or_else(|| {
+        DriverError::FailedPrecondition(format!("volume {id} is not staged on this node"))
+    })?;
+    let dev = PathBuf::from(stage.device.unwrap_or_default());
+    d.loops.refresh(&dev)?;
+    if v.kind == Kind::Image {
+        grow_fs(
+            v.fs_type.as_deref().unwrap_or("ext4"),
+            &dev,
+            Path::new(&stage.staging_path),
+        )?;
+    }
+    info!(volume_id = %id, capacity = v.capacity, "volume expanded on node");
+    Ok(v.capacity)
+}

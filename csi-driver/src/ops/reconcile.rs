@@ -1,0 +1,52 @@
+//! Start-up repair after a crash: finish or roll back what a killed process
+//! left half done, from the records and the mount table.
+
+use tracing::{info, warn};
+
+use super::{Driver, Result};
+use crate::volume::{PubState, VolumeState};
+
+/// Controller: roll back creates (the CO retries them), finish deletes.
+pub fn controller(d: &Driver) -> Result<()> {
+    let _lock = d.store.lock()?;
+    for v in d.store.volumes()? {
+        if v.state == VolumeState::Ready {
+            continue;
+        }
+        d.pool.remove(v.kind, &d.pool.volume_path(v.kind, &v.id))?;
+        d.store.remove_volume(&v.id)?;
+        info!(volume_id = %v.id, state = ?v.state, "half-done volume operation rolled back");
+    }
+    for s in d.store.snapshots()?.into_iter().filter(|s| !s.ready) {
+        d.pool
+            .remove(s.kind, &d.pool.snapshot_path(s.kind, &s.id))?;
+        d.store.remove_snapshot(&s.id)?;
+        info!(snapshot_id = %s.id, "half-taken snapshot removed");
+    }
+    Ok(())
+}
+
+/// Node: a publication recorded but not confirmed is kept if its bind mount
+/// exists and dropped if not, so records and mounts agree.
+pub fn node(d: &Driver) -> Result<()> {
+    let _lock = d.store.lock()?;
+    for mut p in d.store.node_publications(&d.node_id)? {
+        let mounted = d
+            .mounter
+            .mounted(std::path::Path::new(&p.target))?
+            .is_some();
+        match (p.state, mounted) {
+            (PubState::Publishing, true) => {
+                p.state = PubState::Published;
+                d.store.put_publication(&p)?;
+                info!(volume_id = %p.volume_id, target_path = %p.target, "publication confirmed");
+            }
+            (_, false) => {
+                d.store.remove_publication(&p)?;
+                warn!(volume_id = %p.volume_id, target_path = %p.target, "publication without a mount dropped");
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}

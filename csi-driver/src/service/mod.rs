@@ -1,0 +1,110 @@
+//! The gRPC edge: thin tonic handlers that parse requests into typed values,
+//! refuse malformed ones with INVALID_ARGUMENT before any lookup, guard each
+//! volume against concurrent operations (ABORTED), and run the work on
+//! blocking threads.
+
+pub mod controller;
+pub mod convert;
+pub mod identity;
+pub mod node;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use tonic::Status;
+
+use crate::ops::{Driver, DriverError};
+
+impl From<DriverError> for Status {
+    fn from(e: DriverError) -> Self {
+        use DriverError::*;
+        match e {
+            InvalidArgument(m) => Status::invalid_argument(m),
+            NotFound(m) => Status::not_found(m),
+            AlreadyExists(m) => Status::already_exists(m),
+            FailedPrecondition(m) => Status::failed_precondition(m),
+            PermissionDenied(m) => Status::permission_denied(m),
+            ResourceExhausted(m) => Status::resource_exhausted(m),
+            OutOfRange(m) => Status::out_of_range(m),
+            Aborted(m) => Status::aborted(m),
+            other => Status::internal(error_chain(&other)),
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        cur = s.source();
+    }
+    msg
+}
+
+/// Keys (volume ids, names) with an operation in progress.
+#[derive(Default)]
+pub struct InFlight(Mutex<HashSet<String>>);
+
+pub struct InFlightGuard {
+    set: Arc<InFlight>,
+    key: String,
+}
+
+impl InFlight {
+    /// ABORTED while another operation holds `key`, as the spec asks.
+    pub fn begin(self: &Arc<Self>, key: &str) -> Result<InFlightGuard, Status> {
+        let mut set = self.0.lock().expect("in-flight set");
+        if !set.insert(key.to_string()) {
+            return Err(Status::aborted(format!(
+                "an operation on {key} is already in progress"
+            )));
+        }
+        Ok(InFlightGuard {
+            set: self.clone(),
+            key: key.to_string(),
+        })
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.set.0.lock().expect("in-flight set").remove(&self.key);
+    }
+}
+
+/// Shared by the services.
+#[derive(Clone)]
+pub struct Ctx {
+    pub driver: Arc<Driver>,
+    pub inflight: Arc<InFlight>,
+}
+
+impl Ctx {
+    /// Run `f` off the async workers (mount, mkfs and losetup block), holding
+    /// the in-flight guard for `key` until it is done.
+    pub async fn run<T, F>(&self, key: &str, f: F) -> Result<T, Status>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Driver) -> Result<T, DriverError> + Send + 'static,
+    {
+        let guard = self.inflight.begin(key)?;
+        let driver = self.driver.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            let _guard = guard;
+            f(&driver)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("worker failed: {e}")))?;
+        out.map_err(Status::from)
+    }
+}
+
+pub fn require(cond: bool, what: &str) -> Result<(), Status> {
+    if cond {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!("{what} is required")))
+    }
+}

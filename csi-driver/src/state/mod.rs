@@ -1,0 +1,257 @@
+//! Durable metadata in the pool's state directory, shared by the controller
+//! and every node process: one JSON file per record, replaced atomically
+//! (write, fsync, rename, fsync directory) so a SIGKILL at any point leaves
+//! the old record or the new one. A flock serialises read-modify-write.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::volume::{NodePublication, Snapshot, Stage, Volume};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state I/O on {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("state record {path} is corrupt")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
+    move |source| StateError::Io {
+        path: path.into(),
+        source,
+    }
+}
+
+pub struct Store {
+    dir: PathBuf,
+}
+
+/// Held while a read-modify-write of shared records is in progress.
+pub struct StateLock(#[allow(dead_code)] Flock<File>);
+
+impl Store {
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
+        for sub in ["volumes", "snapshots", "pubs", "stages"] {
+            let d = dir.join(sub);
+            fs::create_dir_all(&d).map_err(io_err(&d))?;
+        }
+        Ok(Self { dir: dir.into() })
+    }
+
+    pub fn lock(&self) -> Result<StateLock, StateError> {
+        let path = self.dir.join("lock");
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        Flock::lock(file, FlockArg::LockExclusive)
+            .map(StateLock)
+            .map_err(|(_, e)| StateError::Io {
+                path,
+                source: e.into(),
+            })
+    }
+
+    fn volume_path(&self, id: &str) -> PathBuf {
+        self.dir.join("volumes").join(format!("{id}.json"))
+    }
+
+    fn snapshot_path(&self, id: &str) -> PathBuf {
+        self.dir.join("snapshots").join(format!("{id}.json"))
+    }
+
+    fn pub_dir(&self, volume_id: &str) -> PathBuf {
+        self.dir.join("pubs").join(volume_id)
+    }
+
+    fn pub_path(&self, p: &NodePublication) -> PathBuf {
+        let key = hash(&format!("{}\0{}", p.node_id, p.target));
+        self.pub_dir(&p.volume_id).join(format!("{key}.json"))
+    }
+
+    fn stage_path(&self, node: &str, volume_id: &str) -> PathBuf {
+        self.dir
+            .join("stages")
+            .join(hash(node))
+            .join(format!("{volume_id}.json"))
+    }
+
+    pub fn volume(&self, id: &str) -> Result<Option<Volume>, StateError> {
+        read(&self.volume_path(id))
+    }
+
+    pub fn put_volume(&self, v: &Volume) -> Result<(), StateError> {
+        write(&self.volume_path(&v.id), v)
+    }
+
+    pub fn remove_volume(&self, id: &str) -> Result<(), StateError> {
+        remove(&self.volume_path(id))?;
+        let pubs = self.pub_dir(id);
+        match fs::remove_dir(&pubs) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&pubs)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Every volume, ordered by id (the order ListVolumes pages through).
+    pub fn volumes(&self) -> Result<Vec<Volume>, StateError> {
+        list(&self.dir.join("volumes"))
+    }
+
+    pub fn snapshot(&self, id: &str) -> Result<Option<Snapshot>, StateError> {
+        read(&self.snapshot_path(id))
+    }
+
+    pub fn put_snapshot(&self, s: &Snapshot) -> Result<(), StateError> {
+        write(&self.snapshot_path(&s.id), s)
+    }
+
+    pub fn remove_snapshot(&self, id: &str) -> Result<(), StateError> {
+        remove(&self.snapshot_path(id))
+    }
+
+    pub fn snapshots(&self) -> Result<Vec<Snapshot>, StateError> {
+        list(&self.dir.join("snapshots"))
+    }
+
+    /// Node publications of one volume, on every node.
+    pub fn publications(&self, volume_id: &str) -> Result<Vec<NodePublication>, StateError> {
+        list(&self.pub_dir(volume_id))
+    }
+
+    pub fn put_publication(&self, p: &NodePublication) -> Result<(), StateError> {
+        let dir = self.pub_dir(&p.volume_id);
+        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        write(&self.pub_path(p), p)
+    }
+
+    pub fn remove_publication(&self, p: &NodePublication) -> Result<(), StateError> {
+        remove(&self.pub_path(p))
+    }
+
+    /// Every publication of one node, across volumes.
+    pub fn node_publications(&self, node: &str) -> Result<Vec<NodePublication>, StateError> {
+        let root = self.dir.join("pubs");
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&root).map_err(io_err(&root))? {
+            let dir = entry.map_err(io_err(&root))?.path();
+            let pubs: Vec<NodePublication> = list(&dir)?;
+            out.extend(pubs.into_iter().filter(|p| p.node_id == node));
+        }
+        Ok(out)
+    }
+
+    pub fn stage(&self, node: &str, volume_id: &str) -> Result<Option<Stage>, StateError> {
+        read(&self.stage_path(node, volume_id))
+    }
+
+    pub fn put_stage(&self, s: &Stage) -> Result<(), StateError> {
+        let path = self.stage_path(&s.node_id, &s.volume_id);
+        let dir = path.parent().expect("stage dir");
+        fs::create_dir_all(dir).map_err(io_err(dir))?;
+        write(&path, s)
+    }
+
+    pub fn remove_stage(&self, node: &str, volume_id: &str) -> Result<(), StateError> {
+        remove(&self.stage_path(node, volume_id))
+    }
+}
+
+fn hash(s: &str) -> String {
+    Sha256::digest(s.as_bytes())
+        .iter()
+        .take(16)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| StateError::Parse {
+                path: path.into(),
+                source,
+            }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}
+
+/// All records in `dir`, ordered by file name; temp files of a writer that
+/// died are skipped.
+fn list<T: DeserializeOwned>(dir: &Path) -> Result<Vec<T>, StateError> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(dir)(e)),
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    paths.sort();
+    let mut out = Vec::with_capacity(paths.len());
+    for p in paths {
+        out.extend(read(&p)?);
+    }
+    Ok(out)
+}
+
+fn write<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
+    let dir = path.parent().expect("record has a directory");
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().unwrap().to_string_lossy(),
+        std::process::id()
+    ));
+    let bytes = serde_json::to_vec_pretty(value).expect("records serialise");
+    let attempt = || -> io::Result<()> {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    };
+    attempt().map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        io_err(path)(e)
+    })
+}
+
+fn remove(path: &Path) -> Result<(), StateError> {
+    match fs::remove_file(path) {
+        Ok(()) => {
+            let dir = path.parent().expect("record has a directory");
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(dir))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(path)(e)),
+    }
+}

@@ -1,0 +1,89 @@
+//! The durable records: what a volume is, who it belongs to, where it is
+//! published. Serialized as JSON in the pool's state directory.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::access::{AccessMode, Kind};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VolumeState {
+    /// Record written, bytes not complete: rolled back at start, redone by a retried create.
+    Creating,
+    Ready,
+    /// Deletion started: finished at start or by a retried delete.
+    Deleting,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Source {
+    Snapshot(String),
+    Volume(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CtrlPublication {
+    pub mode: AccessMode,
+    pub readonly: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Volume {
+    pub id: String,
+    pub name: String,
+    pub kind: Kind,
+    pub fs_type: Option<String>,
+    pub capacity: u64,
+    /// The project (namespace of the PVC) that created it.
+    pub owner: Option<String>,
+    /// Projects that may mount it besides the owner (`*` for all).
+    pub shared_with: Vec<String>,
+    pub modes: Vec<AccessMode>,
+    pub source: Option<Source>,
+    pub state: VolumeState,
+    /// ControllerPublish state: node id → how.
+    pub published: BTreeMap<String, CtrlPublication>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub id: String,
+    pub name: String,
+    pub source_volume_id: String,
+    pub kind: Kind,
+    pub fs_type: Option<String>,
+    pub size: u64,
+    pub owner: Option<String>,
+    pub created_unix_nanos: i128,
+    pub ready: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PubState {
+    /// Recorded before the mount; confirmed or dropped at start from the mount table.
+    Publishing,
+    Published,
+}
+
+/// A NodePublish: one bind mount at one target on one node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodePublication {
+    pub volume_id: String,
+    pub node_id: String,
+    pub target: String,
+    pub mode: AccessMode,
+    pub readonly: bool,
+    pub state: PubState,
+}
+
+/// A NodeStage: the volume attached and mounted at a staging path on a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stage {
+    pub volume_id: String,
+    pub node_id: String,
+    pub staging_path: String,
+    /// The loop device, for image and block volumes.
+    pub device: Option<String>,
+    pub readonly: bool,
+}
