@@ -4,7 +4,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::controller::ready_volume;
 use super::{Driver, DriverError, Result};
@@ -60,12 +60,16 @@ pub fn stage(d: &Driver, id: &str, staging: &str, cap: &Capability) -> Result<()
             let dev = d.loops.attach(&image, ro)?;
             let fs_type = v.fs_type.as_deref().unwrap_or("ext4");
             if d.mounter.mounted(staging_path)?.is_none() {
+                if !ro {
+                    grow_before_mount(d, &dev, fs_type)?;
+                }
                 d.mounter.mount_fs(&dev, staging_path, fs_type, ro)?;
-            }
-            if !ro {
-                // A clone, a restore or an offline expansion left the image
-                // larger than its filesystem: grow it now, online.
-                grow_fs(fs_type, &dev, staging_path)?;
+                if !ro && fs_type != "ext4" {
+                    // btrfs answers EINVAL when there is nothing to grow.
+                    if let Err(e) = grow_fs(fs_type, &dev, staging_path) {
+                        warn!(volume_id = %id, error = %e, "online grow at stage did nothing");
+                    }
+                }
             }
             Some(dev)
         }
@@ -79,6 +83,17 @@ pub fn stage(d: &Driver, id: &str, staging: &str, cap: &Capability) -> Result<()
         readonly: ro,
     })?;
     info!(volume_id = %id, staging_path = %staging, "volume staged");
+    Ok(())
+}
+
+/// A clone, a restore or an expansion while unpublished left the image
+/// larger than its filesystem. ext4 grows before the mount: its online
+/// resize needs CAP_SYS_RESOURCE, which a confined node plugin may lack.
+fn grow_before_mount(d: &Driver, dev: &Path, fs_type: &str) -> Result<()> {
+    d.loops.refresh(dev)?;
+    if fs_type == "ext4" {
+        crate::backend::run("resize2fs", &["-f", &dev.to_string_lossy()])?;
+    }
     Ok(())
 }
 

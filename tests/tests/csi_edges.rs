@@ -1,0 +1,251 @@
+//! Malformed requests, hostile ids, quotas, identity and the socket itself.
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+
+use moat_csi_proto as csi;
+use moat_e2e::csi::{create_req, mount_cap, publish_req, stage_req, Cluster, Mode, MIB};
+use tonic::Code;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_requests_get_invalid_argument_before_any_lookup() {
+    let c = Cluster::new(&["n1"]);
+    let cap = mount_cap(Mode::SingleNodeWriter, "ext4");
+    let mut ctrl = c.ctrl().await;
+    let mut node = c.node(0).await;
+    let no_name = create_req("", MIB, cap.clone(), "shop");
+    let mut no_caps = create_req("pvc-x", MIB, cap.clone(), "shop");
+    no_caps.volume_capabilities.clear();
+    let mut no_mode = create_req("pvc-y", MIB, cap.clone(), "shop");
+    no_mode.volume_capabilities[0].access_mode = None;
+    let mut bad_fs = create_req(
+        "pvc-z",
+        64 * MIB,
+        mount_cap(Mode::SingleNodeWriter, "vfat"),
+        "shop",
+    );
+    bad_fs.volume_capabilities[0].access_mode =
+        Some(csi::volume_capability::AccessMode { mode: 1 });
+    for req in [no_name, no_caps, no_mode, bad_fs] {
+        assert_eq!(
+            ctrl.create_volume(req).await.unwrap_err().code(),
+            Code::InvalidArgument
+        );
+    }
+    let missing = [
+        ctrl.delete_volume(csi::DeleteVolumeRequest::default())
+            .await
+            .unwrap_err(),
+        ctrl.controller_publish_volume(csi::ControllerPublishVolumeRequest {
+            volume_id: "vol-x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err(),
+        ctrl.controller_expand_volume(csi::ControllerExpandVolumeRequest {
+            volume_id: "vol-x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err(),
+        ctrl.create_snapshot(csi::CreateSnapshotRequest {
+            name: "s".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err(),
+        node.node_stage_volume(stage_req("vol-x", "relative/path", cap.clone()))
+            .await
+            .unwrap_err(),
+        node.node_publish_volume(publish_req(
+            "vol-x",
+            "/s",
+            "/a/../../etc",
+            cap.clone(),
+            false,
+            "shop",
+        ))
+        .await
+        .unwrap_err(),
+        node.node_publish_volume(csi::NodePublishVolumeRequest {
+            volume_id: "vol-x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err(),
+        node.node_unpublish_volume(csi::NodeUnpublishVolumeRequest::default())
+            .await
+            .unwrap_err(),
+        node.node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+            volume_id: "vol-x".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err(),
+    ];
+    for e in missing {
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+    }
+    let too_big = csi::CapacityRange {
+        required_bytes: 10 * MIB,
+        limit_bytes: MIB,
+    };
+    let mut req = create_req("pvc-range", 10 * MIB, cap.clone(), "shop");
+    req.capacity_range = Some(too_big);
+    assert_eq!(
+        ctrl.create_volume(req).await.unwrap_err().code(),
+        Code::OutOfRange
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_ids_never_reach_the_filesystem() {
+    let c = Cluster::new(&["n1"]);
+    let cap = mount_cap(Mode::MultiNodeMultiWriter, "");
+    let canary = c.dir.join("canary");
+    std::fs::create_dir_all(&canary).unwrap();
+    let mut ctrl = c.ctrl().await;
+    for id in ["../../canary", "../canary", "vol-../../x", "/etc"] {
+        let get = ctrl
+            .controller_get_volume(csi::ControllerGetVolumeRequest {
+                volume_id: id.into(),
+            })
+            .await;
+        assert_eq!(get.unwrap_err().code(), Code::NotFound, "{id}");
+        ctrl.delete_volume(csi::DeleteVolumeRequest {
+            volume_id: id.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let mut node = c.node(0).await;
+        let staging = c.path(0, "staging");
+        let stage = node
+            .node_stage_volume(stage_req(id, &staging, cap.clone()))
+            .await;
+        assert_eq!(stage.unwrap_err().code(), Code::NotFound, "{id}");
+        let req = publish_req(
+            id,
+            &staging,
+            &c.path(0, "target"),
+            cap.clone(),
+            false,
+            "shop",
+        );
+        let publish = node.node_publish_volume(req).await;
+        assert_eq!(publish.unwrap_err().code(), Code::NotFound, "{id}");
+    }
+    assert!(canary.exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn project_quota_is_resource_exhausted() {
+    let c = Cluster::with_config(&[], Some(r#"{"projectQuotas": {"shop": 104857600}}"#));
+    let cap = mount_cap(Mode::SingleNodeWriter, "ext4");
+    let mut ctrl = c.ctrl().await;
+    ctrl.create_volume(create_req("pvc-q1", 64 * MIB, cap.clone(), "shop"))
+        .await
+        .unwrap();
+    let e = ctrl
+        .create_volume(create_req("pvc-q2", 64 * MIB, cap.clone(), "shop"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    ctrl.create_volume(create_req("pvc-q3", 64 * MIB, cap, "blog"))
+        .await
+        .expect("other projects are not limited");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identity_capabilities_and_the_socket() {
+    let c = Cluster::new(&["n1"]);
+    let mut id = c.controller.identity().await;
+    let info = id
+        .get_plugin_info(csi::GetPluginInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.name, "csi.moat.dev");
+    assert_eq!(
+        id.probe(csi::ProbeRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .ready,
+        Some(true)
+    );
+    let caps = c
+        .ctrl()
+        .await
+        .controller_get_capabilities(csi::ControllerGetCapabilitiesRequest {})
+        .await
+        .unwrap();
+    let has = |t: csi::controller_service_capability::rpc::Type| {
+        caps.get_ref().capabilities.iter().any(|c| {
+            matches!(&c.r#type, Some(csi::controller_service_capability::Type::Rpc(r)) if r.r#type == t as i32)
+        })
+    };
+    use csi::controller_service_capability::rpc::Type;
+    assert!(
+        has(Type::PublishReadonly)
+            && has(Type::ListVolumesPublishedNodes)
+            && has(Type::ExpandVolume)
+    );
+    let info = c
+        .node(0)
+        .await
+        .node_get_info(csi::NodeGetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.node_id, "n1");
+    let cap = c
+        .ctrl()
+        .await
+        .get_capacity(csi::GetCapacityRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(cap.available_capacity > 0);
+    // The node process serves no controller.
+    let e = c.nodes[0]
+        .controller()
+        .await
+        .list_volumes(csi::ListVolumesRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unimplemented);
+    let meta = std::fs::metadata(&c.nodes[0].socket).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(
+        meta.permissions().mode() & 0o777,
+        0o660,
+        "not world-writable"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stale_socket_is_replaced_and_sigterm_removes_it() {
+    use nix::sys::signal::Signal;
+    let mut c = Cluster::new(&["n1"]);
+    let mut n = c.node(0).await;
+    n.node_get_info(csi::NodeGetInfoRequest {}).await.unwrap();
+    c.nodes[0].stop(Signal::SIGKILL);
+    assert!(
+        c.nodes[0].socket.exists(),
+        "SIGKILL leaves the socket behind"
+    );
+    c.start(Some(0));
+    let info = c
+        .node(0)
+        .await
+        .node_get_info(csi::NodeGetInfoRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(info.node_id, "n1");
+    c.nodes[0].stop(Signal::SIGTERM);
+    assert!(
+        !c.nodes[0].socket.exists(),
+        "graceful shutdown removes the socket"
+    );
+}
