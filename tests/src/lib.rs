@@ -4,6 +4,7 @@
 pub mod bins;
 pub mod cni;
 pub mod csi;
+pub mod demo_storage;
 pub mod netns;
 pub mod probe;
 pub mod truth;
