@@ -4,6 +4,7 @@
 //! (processes, mounts, loop devices, files) is removed on drop, also when a
 //! test fails.
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -75,6 +76,13 @@ impl Process {
             cmd.arg(format!("--config={}", c.display()));
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        // If the test process dies without running its drops, the driver goes too.
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+            });
+        }
         self.child = Some(cmd.spawn().expect("start moat-csi"));
     }
 

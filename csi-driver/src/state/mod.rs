@@ -1,7 +1,13 @@
 //! Durable metadata in the pool's state directory, shared by the controller
 //! and every node process: one JSON file per record, replaced atomically
-//! (write, fsync, rename, fsync directory) so a SIGKILL at any point leaves
-//! the old record or the new one. A flock serialises read-modify-write.
+//! (write, fsync, rename, fsync directory) so a SIGKILL or a power cut at any
+//! point leaves the old record or the new one. A flock serialises
+//! read-modify-write.
+//!
+//! Publication and stage records are renamed into place without fsync: they
+//! describe mounts, which do not outlive the machine. A killed process leaves
+//! them in the page cache, intact; after a power cut the node's start-up
+//! reconcile drops every record whose mount is gone, which is all of them.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -100,11 +106,11 @@ impl Store {
     }
 
     pub fn put_volume(&self, v: &Volume) -> Result<(), StateError> {
-        write(&self.volume_path(&v.id), v)
+        write(&self.volume_path(&v.id), v, Sync::Durable)
     }
 
     pub fn remove_volume(&self, id: &str) -> Result<(), StateError> {
-        remove(&self.volume_path(id))?;
+        remove(&self.volume_path(id), Sync::Durable)?;
         let pubs = self.pub_dir(id);
         match fs::remove_dir(&pubs) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&pubs)(e)),
@@ -122,11 +128,11 @@ impl Store {
     }
 
     pub fn put_snapshot(&self, s: &Snapshot) -> Result<(), StateError> {
-        write(&self.snapshot_path(&s.id), s)
+        write(&self.snapshot_path(&s.id), s, Sync::Durable)
     }
 
     pub fn remove_snapshot(&self, id: &str) -> Result<(), StateError> {
-        remove(&self.snapshot_path(id))
+        remove(&self.snapshot_path(id), Sync::Durable)
     }
 
     pub fn snapshots(&self) -> Result<Vec<Snapshot>, StateError> {
@@ -141,11 +147,11 @@ impl Store {
     pub fn put_publication(&self, p: &NodePublication) -> Result<(), StateError> {
         let dir = self.pub_dir(&p.volume_id);
         fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        write(&self.pub_path(p), p)
+        write(&self.pub_path(p), p, Sync::UntilReboot)
     }
 
     pub fn remove_publication(&self, p: &NodePublication) -> Result<(), StateError> {
-        remove(&self.pub_path(p))
+        remove(&self.pub_path(p), Sync::UntilReboot)
     }
 
     /// Every publication of one node, across volumes.
@@ -168,11 +174,11 @@ impl Store {
         let path = self.stage_path(&s.node_id, &s.volume_id);
         let dir = path.parent().expect("stage dir");
         fs::create_dir_all(dir).map_err(io_err(dir))?;
-        write(&path, s)
+        write(&path, s, Sync::UntilReboot)
     }
 
     pub fn remove_stage(&self, node: &str, volume_id: &str) -> Result<(), StateError> {
-        remove(&self.stage_path(node, volume_id))
+        remove(&self.stage_path(node, volume_id), Sync::UntilReboot)
     }
 }
 
@@ -217,7 +223,16 @@ fn list<T: DeserializeOwned>(dir: &Path) -> Result<Vec<T>, StateError> {
     Ok(out)
 }
 
-fn write<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
+/// How long a record must survive.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sync {
+    /// A power cut: fsync the file and the directory.
+    Durable,
+    /// A process crash: the page cache keeps it; see the module comment.
+    UntilReboot,
+}
+
+fn write<T: Serialize>(path: &Path, value: &T, sync: Sync) -> Result<(), StateError> {
     let dir = path.parent().expect("record has a directory");
     let tmp = dir.join(format!(
         ".{}.{}.tmp",
@@ -233,9 +248,14 @@ fn write<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
             .mode(0o600)
             .open(&tmp)?;
         f.write_all(&bytes)?;
-        f.sync_all()?;
+        if sync == Sync::Durable {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
+        if sync == Sync::Durable {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     };
     attempt().map_err(|e| {
         let _ = fs::remove_file(&tmp);
@@ -243,8 +263,9 @@ fn write<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
     })
 }
 
-fn remove(path: &Path) -> Result<(), StateError> {
+fn remove(path: &Path, sync: Sync) -> Result<(), StateError> {
     match fs::remove_file(path) {
+        Ok(()) if sync == Sync::UntilReboot => Ok(()),
         Ok(()) => {
             let dir = path.parent().expect("record has a directory");
             File::open(dir)
