@@ -36,7 +36,7 @@ while (($#)); do
 done
 
 [[ $(id -u) -eq 0 ]] || die "needs root (network namespaces)"
-for t in ip python3; do command -v "$t" >/dev/null || die "missing $t"; done
+for t in ip python3 nft; do command -v "$t" >/dev/null || die "missing $t"; done
 for p in ptp host-local; do [[ -x $REF_DIR/$p ]] || die "$REF_DIR/$p missing (apt-get install containernetworking-plugins)"; done
 if ((!REF_ONLY)); then
   if [[ -z $MOAT_BIN ]]; then
@@ -90,9 +90,15 @@ if ((!REF_ONLY)); then
 fi
 [[ -n $JSON ]] && args+=(--json "$JSON")
 
+# moat must build its table in its node netns, never in the host's root netns
+root_table_before=0
+nft list table inet moat >/dev/null 2>&1 && root_table_before=1
 log "moat: ${MOAT_BIN:-(not measured)}; reference: $REF_DIR/ptp + host-local"
 log "kernel $(uname -r), $(nproc) cpus, load $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 "$HERE/cni_latency.py" "${args[@]}" &
 helper_pid=$!
 wait "$helper_pid"
 helper_pid=""
+if ((!root_table_before)) && nft list table inet moat >/dev/null 2>&1; then
+  die "a table inet moat appeared in the host's root netns during the run"
+fi

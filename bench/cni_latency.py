@@ -184,6 +184,29 @@ def delete_all(p, workers=4):
         list(ex.map(p.delete, cids))
 
 
+def check_moat_table(p, table, projects):
+    """The isolation table must exist in moat's node netns and hold every
+    attached pod, spread over `projects` tenant chains: proof that moat ran with
+    isolation on, in the node netns (the shell wrapper checks the root netns)."""
+    enter_netns(p.node_netns)
+    out = subprocess.run(["nft", "-j", "list", "table", "inet", table], capture_output=True,
+                         text=True)
+    if out.returncode != 0:
+        raise PluginError(f"moat: no table inet {table} in its node netns: {out.stderr.strip()}")
+    objs = json.loads(out.stdout)["nftables"]
+    chains = {o["chain"]["name"] for o in objs if "chain" in o}
+    tenants = {c for c in chains if c.startswith("tenant-bench-p")}
+    pods4 = next((o["set"].get("elem", []) for o in objs
+                  if "set" in o and o["set"]["name"] == "pods4"), [])
+    want = {a["address"].split("/")[0] for _, prev, _ in p.attached.values() for a in prev["ips"]}
+    if not want.issubset(set(pods4)):
+        raise PluginError(f"moat: {len(want - set(pods4))} attached pod addresses missing "
+                          f"from set pods4 ({len(pods4)} elements)")
+    if len(tenants) < projects:
+        raise PluginError(f"moat: {len(tenants)} tenant chains in the table, expected {projects}")
+    return len(pods4), len(tenants), sum(1 for o in objs if "rule" in o)
+
+
 def fill(p, netns_list, base_index, workers=4):
     enter_netns(p.node_netns)
     with ThreadPoolExecutor(workers) as ex:
@@ -212,7 +235,7 @@ def main():
             "cniVersion": "1.0.0", "name": "moatbench", "type": "moat", "mtu": 1500,
             "dataDir": f"{a.tmp}/moat-data", "logFile": f"{a.tmp}/moat.log", "logLevel": "info",
             "ipam": {"ranges": [[{"subnet": "10.250.0.0/21"}]]},
-            "isolation": {"table": "moat", "globalProjects": ["kube-system"],
+            "isolation": {"enabled": True, "table": "moat", "globalProjects": ["kube-system"],
                           "defaultProject": "default", "clusterCIDRs": ["10.250.0.0/16"],
                           "masquerade": True, "logDrops": False},
         }, a.moat_node, f"{a.tag}m-"))
@@ -255,6 +278,10 @@ def main():
         t0 = time.monotonic()
         fill(p, nets[p.label]["fill"], 20000)
         say(f"  {p.label}: {len(p.attached)} attached in {time.monotonic() - t0:.1f}s")
+        if p.label == "moat":
+            n_el, n_ten, n_rules = check_moat_table(p, "moat", min(100, P))
+            say(f"  moat table inet moat (node netns): {n_el} addresses in pods4, "
+                f"{n_ten} tenant chains, {n_rules} rules")
 
     say(f"ADD/DEL with {P} pods attached: {S} rounds")
     at_n = add_del_cycles(plugins, samples, S, 0)

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Pod -> pod TCP throughput (iperf3), moat side by side with Debian's reference ptp.
+#
+# Usage: bench/cni-throughput.sh [--moat-bin PATH] [--pods N] [--ref-pods N]
+#                                [--rounds N] [--seconds S] [--streams N] [--json FILE]
+#   moat is found via --moat-bin, $MOAT_BIN_DIR/moat, target/release/moat, then
+#   target/debug/moat. CNI_REF_DIR (default /usr/lib/cni) holds ptp and host-local.
+#
+# moat runs with isolation on and N (1000) background pods in 100 projects in its
+# sets; the client and server pods share a project. The reference is ptp +
+# host-local with no filtering (ipMasq off), with the same number of background
+# pods unless --ref-pods says otherwise. Each plugin has its own "node" netns
+# (moattput-node-<pid>-moat / -ref); pod netns are moattput-<pid>-{m,r}-*.
+# The host's root netns is never touched. A trap kills every process left in our
+# namespaces (the iperf3 servers), deletes the namespaces and the temp dir, on
+# success, failure or signal.
+set -Eeuo pipefail
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { log "FAIL: $*"; exit 1; }
+
+HERE=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+REF_DIR=${CNI_REF_DIR:-/usr/lib/cni}
+MOAT_BIN=""
+PODS=1000 REF_PODS="" ROUNDS=5 SECONDS_=5 STREAMS=1 JSON=""
+while (($#)); do
+  case $1 in
+    --moat-bin) MOAT_BIN=$2; shift 2 ;;
+    --pods) PODS=$2; shift 2 ;;
+    --ref-pods) REF_PODS=$2; shift 2 ;;
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --seconds) SECONDS_=$2; shift 2 ;;
+    --streams) STREAMS=$2; shift 2 ;;
+    --json) JSON=$(readlink -f "$2"); shift 2 ;;
+    -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    *) die "unknown argument $1" ;;
+  esac
+done
+
+[[ $(id -u) -eq 0 ]] || die "needs root (network namespaces)"
+for t in ip python3 nft nsenter iperf3 ping; do command -v "$t" >/dev/null || die "missing $t"; done
+for p in ptp host-local; do [[ -x $REF_DIR/$p ]] || die "$REF_DIR/$p missing (apt-get install containernetworking-plugins)"; done
+if [[ -z $MOAT_BIN ]]; then
+  for c in ${MOAT_BIN_DIR:+"$MOAT_BIN_DIR/moat"} "$REPO/target/release/moat" "$REPO/target/debug/moat"; do
+    [[ -x $c ]] && { MOAT_BIN=$c; break; }
+  done
+fi
+[[ -n $MOAT_BIN && -x $MOAT_BIN ]] || die "moat binary not found (--moat-bin, MOAT_BIN_DIR, or cargo build --release -p moat-cni --bins)"
+MOAT_BIN=$(readlink -f "$MOAT_BIN")
+[[ $MOAT_BIN == */release/* ]] || log "note: $MOAT_BIN is not a release build"
+
+T=$(mktemp -d /tmp/moattput.XXXXXX)
+TAG=moattput-$$-
+NODE_MOAT=moattput-node-$$-moat
+NODE_REF=moattput-node-$$-ref
+helper_pid=""
+
+cleanup() {
+  local rc=$?
+  set +e
+  trap - EXIT INT TERM
+  if [[ -n $helper_pid ]] && kill -0 "$helper_pid" 2>/dev/null; then
+    kill -TERM "$helper_pid"; sleep 0.5; kill -KILL "$helper_pid" 2>/dev/null
+    wait "$helper_pid" 2>/dev/null
+  fi
+  local ours ns pids
+  ours=$(ip netns list | awk '{print $1}' | grep -E "^(${TAG}|moattput-node-$$-)" || true)
+  if [[ -n $ours ]]; then
+    # processes still inside our namespaces (iperf3 servers of a killed helper)
+    for ns in $ours; do
+      pids=$(ip netns pids "$ns" 2>/dev/null)
+      [[ -n $pids ]] && kill -KILL $pids 2>/dev/null
+    done
+    log "removing $(wc -l <<<"$ours") network namespaces"
+    sed 's/^/netns delete /' <<<"$ours" | ip -force -batch - 2>/dev/null
+  fi
+  if ((rc != 0)) && [[ -s $T/moat.log ]]; then
+    log "last lines of moat's log:"; tail -n 20 "$T/moat.log" >&2
+  fi
+  rm -rf "$T"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+for n in "$NODE_MOAT" "$NODE_REF"; do
+  ip netns add "$n"
+  ip -n "$n" link set lo up
+done
+args=(--tmp "$T" --tag "$TAG" --moat "$MOAT_BIN" --moat-node "/run/netns/$NODE_MOAT"
+      --ref-dir "$REF_DIR" --ref-node "/run/netns/$NODE_REF" --pods "$PODS"
+      --rounds "$ROUNDS" --seconds "$SECONDS_" --streams "$STREAMS")
+[[ -n $REF_PODS ]] && args+=(--ref-pods "$REF_PODS")
+[[ -n $JSON ]] && args+=(--json "$JSON")
+
+root_table_before=0
+nft list table inet moat >/dev/null 2>&1 && root_table_before=1
+log "moat: $MOAT_BIN; reference: $REF_DIR/ptp + host-local; iperf3 $(iperf3 --version | head -n1 | awk '{print $2}')"
+log "kernel $(uname -r), $(nproc) cpus, load $(cut -d' ' -f1-3 /proc/loadavg)"
+python3 "$HERE/cni_throughput.py" "${args[@]}" &
+helper_pid=$!
+wait "$helper_pid"
+helper_pid=""
+if ((!root_table_before)) && nft list table inet moat >/dev/null 2>&1; then
+  die "a table inet moat appeared in the host's root netns during the run"
+fi

@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""Pod -> pod TCP throughput (iperf3) through moat against the reference ptp.
+
+Run by bench/cni-throughput.sh, which owns every namespace and directory this
+uses and removes them (and any process left in them) on exit. Not meant to be
+run by hand.
+
+Each plugin gets its own test-made node netns; pods are attached by executing
+the plugin binaries exactly as cni-latency does (cni_latency.Plugin). moat runs
+with isolation on and, before anything is measured, N pods spread over 100
+projects (K8S_POD_NAMESPACE=bench-p<i % 100>) so its sets and tenant chains are
+loaded. The two measured pods are in the same project (traffic allowed). Before
+measuring, a probe to a pod of another project must be dropped: proof that
+the filter is live on the measured path.
+"""
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cni_latency as cl  # noqa: E402  (Plugin, enter_netns, fill, check_moat_table)
+
+PORT = 5201
+
+
+def say(msg):
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def addr_of(plugin, netns):
+    for _, (ns, prev, _) in plugin.attached.items():
+        if ns == netns:
+            return prev["ips"][0]["address"].split("/")[0]
+    raise cl.PluginError(f"{plugin.label}: no attachment for {netns}")
+
+
+def in_ns(netns, argv, **kw):
+    return subprocess.run(["nsenter", f"--net={netns}", "--"] + argv, **kw)
+
+
+def ping_ok(netns, dst):
+    return in_ns(netns, ["ping", "-c", "1", "-W", "1", dst], capture_output=True).returncode == 0
+
+
+def iperf_round(client_ns, server_ip, seconds, streams):
+    out = in_ns(client_ns, ["iperf3", "-c", server_ip, "-p", str(PORT), "-t", str(seconds),
+                            "-P", str(streams), "-O", "1", "-J"],
+                capture_output=True, text=True, timeout=seconds + 30)
+    try:
+        res = json.loads(out.stdout)
+    except ValueError:
+        raise cl.PluginError(f"iperf3 client printed no JSON (rc {out.returncode}): "
+                             f"{out.stdout[-500:]} {out.stderr[-500:]}")
+    if "error" in res:
+        raise cl.PluginError(f"iperf3 to {server_ip} failed: {res['error']}")
+    end = res["end"]
+    return end["sum_received"]["bits_per_second"] / 1e9, end["sum_sent"].get("retransmits", 0)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tmp", required=True)
+    ap.add_argument("--tag", required=True)
+    ap.add_argument("--moat", required=True)
+    ap.add_argument("--moat-node", required=True)
+    ap.add_argument("--ref-dir", default="/usr/lib/cni")
+    ap.add_argument("--ref-node", required=True)
+    ap.add_argument("--pods", type=int, default=1000)
+    ap.add_argument("--ref-pods", type=int, default=None,
+                    help="background pods through the reference (default: same as --pods)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--streams", type=int, default=1)
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    ref_pods = a.pods if a.ref_pods is None else a.ref_pods
+
+    moat = cl.Plugin("moat", a.moat, os.path.dirname(a.moat), {
+        "cniVersion": "1.0.0", "name": "moattput", "type": "moat", "mtu": 1500,
+        "dataDir": f"{a.tmp}/moat-data", "logFile": f"{a.tmp}/moat.log", "logLevel": "info",
+        "ipam": {"ranges": [[{"subnet": "10.252.0.0/21"}]]},
+        "isolation": {"enabled": True, "table": "moat", "globalProjects": ["kube-system"],
+                      "defaultProject": "default", "clusterCIDRs": ["10.252.0.0/16"],
+                      "masquerade": True, "logDrops": False},
+    }, a.moat_node, f"{a.tag}m-")
+    ref = cl.Plugin("ref", f"{a.ref_dir}/ptp", a.ref_dir, {
+        "cniVersion": "1.0.0", "name": "reftput", "type": "ptp", "mtu": 1500, "ipMasq": False,
+        "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.253.0.0/21"}]],
+                 "routes": [{"dst": "0.0.0.0/0"}], "dataDir": f"{a.tmp}/ref-ipam"},
+    }, a.ref_node, f"{a.tag}r-")
+
+    # pod index -> project bench-p<index % 100>: 5 and 105 share bench-p5, 6 is bench-p6
+    measured = {}
+    for p, n_fill in ((moat, a.pods), (ref, ref_pods)):
+        say(f"{p.label}: attaching {n_fill} background pods"
+            + (" over 100 projects" if p is moat else ""))
+        t0 = time.monotonic()
+        fill_ns = p.make_pod_netns([f"f{i}" for i in range(n_fill)])
+        cl.fill(p, fill_ns, 20000)
+        client, server, other = p.make_pod_netns(["client", "server", "other"])
+        cl.enter_netns(p.node_netns)
+        for ns, idx in ((client, 5), (server, 105), (other, 6)):
+            p.add(cl.new_cid(), ns, idx)
+        measured[p.label] = (client, server, other)
+        say(f"  {p.label}: {len(p.attached)} pods attached in {time.monotonic() - t0:.1f}s")
+    n_el, n_ten, n_rules = cl.check_moat_table(moat, "moat", min(100, a.pods))
+    say(f"  moat table inet moat (node netns): {n_el} addresses in pods4, {n_ten} tenant "
+        f"chains, {n_rules} rules")
+
+    servers = []
+    try:
+        for p in (moat, ref):
+            client, server, other = measured[p.label]
+            srv_ip, other_ip = addr_of(p, server), addr_of(p, other)
+            servers.append(subprocess.Popen(
+                ["nsenter", f"--net={server}", "--", "iperf3", "-s", "-p", str(PORT)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            if not any(ping_ok(client, srv_ip) or time.sleep(0.2) for _ in range(25)):
+                raise cl.PluginError(f"{p.label}: client pod cannot reach server pod {srv_ip}")
+            other_reachable = ping_ok(client, other_ip)
+            if p is moat and other_reachable:
+                raise cl.PluginError("moat: a pod of another project answered: isolation is not "
+                                     "in effect, the measurement would be meaningless")
+            if p is ref and not other_reachable:
+                raise cl.PluginError(f"ref: pod {other_ip} unreachable (ptp does not filter)")
+            say(f"  {p.label}: client -> server {srv_ip} ok; other project {other_ip} "
+                f"{'reachable' if other_reachable else 'dropped'}")
+        time.sleep(0.5)  # iperf3 servers listening
+
+        res = {"moat": [], "ref": []}
+        retr = {"moat": [], "ref": []}
+        for r in range(a.rounds):
+            for p in ((moat, ref) if r % 2 == 0 else (ref, moat)):
+                client, server, _ = measured[p.label]
+                gbps, rt = iperf_round(client, addr_of(p, server), a.seconds, a.streams)
+                res[p.label].append(gbps)
+                retr[p.label].append(rt)
+                say(f"round {r + 1}/{a.rounds} {p.label:4}: {gbps:7.2f} Gbit/s "
+                    f"({rt} retransmits)")
+    finally:
+        for s in servers:
+            s.terminate()
+        for s in servers:
+            try:
+                s.wait(5)
+            except subprocess.TimeoutExpired:
+                s.kill()
+
+    m, r = statistics.median(res["moat"]), statistics.median(res["ref"])
+    print()
+    print(f"Pod -> pod TCP throughput, iperf3 {a.rounds} interleaved rounds x {a.seconds} s, "
+          f"{a.streams} stream(s), MTU 1500")
+    print(f"{'':12}{'pods':>6}{'median Gbit/s':>15}{'min':>9}{'max':>9}  filtering")
+    print(f"{'moat':12}{len(moat.attached):>6}{m:>15.2f}{min(res['moat']):>9.2f}"
+          f"{max(res['moat']):>9.2f}  isolation on, {n_ten} tenants")
+    print(f"{'ptp (ref)':12}{len(ref.attached):>6}{r:>15.2f}{min(res['ref']):>9.2f}"
+          f"{max(res['ref']):>9.2f}  none")
+    ratio = m / r
+    print(f"moat / ref: {ratio:.3f}   goal >= 0.97: {'met' if ratio >= 0.97 else 'MISSED'}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"rounds": a.rounds, "seconds": a.seconds, "streams": a.streams,
+                       "gbps": res, "retransmits": retr, "ratio": ratio}, f, indent=2)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        main()
+    except cl.PluginError as e:
+        print(f"[bench] FAIL: {e}", file=sys.stderr)
+        sys.exit(1)
