@@ -110,7 +110,7 @@ EOF
  "dataDir":"$T/moat-data","logFile":"$T/moat.log","logLevel":"debug",
  "ipam":{"ranges":[[{"subnet":"$SUBNET_PREFIX.0/24"}]]},
  "capabilities":{"ipRanges":true},
- "isolation":{"table":"moat","globalProjects":["kube-system"],"defaultProject":"default",
+ "isolation":{"enabled":true,"table":"moat","globalProjects":["kube-system"],"defaultProject":"default",
               "clusterCIDRs":["10.199.0.0/16"],"masquerade":true,"logDrops":false}}]}
 EOF
       ;;
@@ -199,8 +199,18 @@ EOF
 
   if [[ $PLUGIN == moat ]]; then
     in_node /opt/cni/bin/moat --config /etc/cni/net.d/10-moat.conflist pods >"$T/pods.log" 2>&1 \
-      && { log "moat pods:"; sed 's/^/    /' "$T/pods.log" >&2; } \
-      || log "note: 'moat pods' failed: $(head -c 300 "$T/pods.log")"
+      || { cat "$T/pods.log" >&2; die "'moat pods' failed"; }
+    log "moat pods:"; sed 's/^/    /' "$T/pods.log" >&2
+    for id in "${ids[@]}"; do
+      grep -qF "${ip[$id]}" "$T/pods.log" || die "'moat pods' does not list $id (${ip[$id]})"
+    done
+    # isolation is on: moat's table lives in the node netns and holds both pods
+    in_node nft -j list set inet moat pods4 >"$T/pods4.json" 2>"$T/nft.err" \
+      || { cat "$T/nft.err" >&2; die "no set pods4 of table inet moat in the node netns"; }
+    for id in "${ids[@]}"; do
+      grep -qF "\"${ip[$id]}\"" "$T/pods4.json" || die "${ip[$id]} ($id) missing from set inet moat pods4"
+    done
+    log "table inet moat in node netns: both pods in pods4"
   fi
 
   # -- teardown through the runtime: ctr issues CNI DEL ---------------------
@@ -227,9 +237,18 @@ EOF
       [[ -z $left ]] || die "host-local still holds: $left"
       ;;
     moat)
-      if in_node /opt/cni/bin/moat --config /etc/cni/net.d/10-moat.conflist pods >"$T/pods.log" 2>&1; then
-        grep -q "$tag" "$T/pods.log" && { cat "$T/pods.log" >&2; die "moat still lists our containers after DEL"; }
-      fi
+      in_node /opt/cni/bin/moat --config /etc/cni/net.d/10-moat.conflist pods >"$T/pods.log" 2>&1 \
+        || { cat "$T/pods.log" >&2; die "'moat pods' failed after DEL"; }
+      for id in c1-$tag c2-$tag; do
+        if grep -qF "${ip[$id]}" "$T/pods.log" || grep -qF "$id" "$T/pods.log"; then
+          cat "$T/pods.log" >&2; die "moat still lists $id after DEL"
+        fi
+      done
+      in_node nft -j list set inet moat pods4 >"$T/pods4.json" 2>"$T/nft.err" \
+        || { cat "$T/nft.err" >&2; die "table inet moat gone from the node netns after DEL"; }
+      for id in c1-$tag c2-$tag; do
+        if grep -qF "\"${ip[$id]}\"" "$T/pods4.json"; then die "${ip[$id]} ($id) still in set pods4 after DEL"; fi
+      done
       ;;
   esac
   [[ -z $(ls -A /var/lib/cni/results 2>/dev/null) ]] || die "libcni result cache not cleared: $(ls /var/lib/cni/results)"
@@ -311,7 +330,7 @@ outer() {
   done
   [[ $(id -u) -eq 0 ]] || die "needs root (network and mount namespaces, containerd)"
   local t
-  for t in containerd containerd-shim-runc-v2 runc ctr nsenter unshare ip sha256sum tar busybox; do
+  for t in containerd containerd-shim-runc-v2 runc ctr nsenter unshare ip nft sha256sum tar busybox; do
     command -v "$t" >/dev/null || die "missing '$t' (apt-get install containerd runc busybox-static iproute2 util-linux)"
   done
   if [[ $PLUGIN == moat ]]; then
@@ -337,7 +356,10 @@ outer() {
       timeout 40 tail --pid="$inner_pid" -f /dev/null 2>/dev/null
     fi
     kill_ours
+    # our table dies with the node netns; removed explicitly first all the same
+    [[ -e /run/netns/$NODE ]] && nsenter --net="/run/netns/$NODE" -- nft delete table inet moat 2>/dev/null
     ip netns delete "$NODE" 2>/dev/null
+    if [[ -e /run/netns/$NODE ]]; then log "cleanup: netns $NODE still present"; ((rc)) || rc=1; fi
     local i c
     # runc leaves the per-namespace parent cgroup (/<ns>) behind: remove it
     for c in /sys/fs/cgroup/*/"$NS"/* /sys/fs/cgroup/*/"$NS"; do
@@ -378,6 +400,8 @@ outer() {
   # (on lo: this kernel may lack the dummy driver)
   ip -n "$NODE" addr add "$NODE_ADDR/32" dev lo
 
+  root_table_before=0
+  nft list table inet moat >/dev/null 2>&1 && root_table_before=1
   export T NODE PLUGIN MOAT_BIN MOAT_CTR_RUN=$$
   # In the background + wait, so a signal to us is handled at once.
   unshare --mount --propagation private -- "$BASH" "$SCRIPT" --inner &
@@ -385,6 +409,9 @@ outer() {
   local rc=0
   wait "$inner_pid" || rc=$?
   inner_pid=""
+  if ((rc == 0 && !root_table_before)) && nft list table inet moat >/dev/null 2>&1; then
+    log "FAIL: a table inet moat appeared in the host's root netns"; rc=1
+  fi
   return "$rc"
 }
 

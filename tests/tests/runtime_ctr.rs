@@ -4,8 +4,11 @@
 //!
 //! The work is done by `tests/ctr/run.sh` (private mount namespace, test-made node
 //! netns, containerd with its own root and socket, an OCI image made by hand from
-//! busybox-static). This test locates the built `moat`, runs the script and fails
-//! with the script's full output when anything goes wrong.
+//! busybox-static). With moat it also checks that isolation is on where it belongs:
+//! table `inet moat` in the node netns holds both pods (and neither after DEL), and
+//! no such table appears in the host's root netns. This test locates the built
+//! `moat`, runs the script and fails with the script's full output when anything
+//! goes wrong.
 //!
 //! Needs root, containerd, runc and busybox-static. `MOAT_CTR_PLUGIN=ptp` runs the
 //! same script against Debian's reference plugins instead (harness self-check).
@@ -18,7 +21,11 @@ use std::process::Command;
 fn moat_binary() -> PathBuf {
     if let Some(dir) = std::env::var_os("MOAT_BIN_DIR") {
         let bin = Path::new(&dir).join("moat");
-        assert!(bin.is_file(), "MOAT_BIN_DIR is set but {} does not exist", bin.display());
+        assert!(
+            bin.is_file(),
+            "MOAT_BIN_DIR is set but {} does not exist",
+            bin.display()
+        );
         return bin;
     }
     let exe = std::env::current_exe().expect("current_exe");
