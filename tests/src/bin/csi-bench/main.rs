@@ -151,6 +151,20 @@ async fn create_delete_bench(samples: usize) -> Vec<(&'static str, Duration, Dur
     out
 }
 
+/// Ctrl-C or SIGTERM drops the running bench, so its cluster cleans up
+/// (processes, mounts, loop devices, files) before the process exits.
+async fn interruptible<T>(f: impl std::future::Future<Output = T>) -> T {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).unwrap();
+    let done = tokio::select! {
+        r = f => Some(r),
+        _ = tokio::signal::ctrl_c() => None,
+        _ = term.recv() => None,
+    };
+    // The bench future, and its cluster, are dropped by now.
+    done.unwrap_or_else(|| std::process::exit(130))
+}
+
 fn main() {
     let samples: usize = std::env::args()
         .nth(1)
@@ -161,7 +175,7 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let (moat, reference, floor) = rt.block_on(publish_bench(samples));
+    let (moat, reference, floor) = rt.block_on(interruptible(publish_bench(samples)));
     println!("NodePublish + NodeUnpublish, median of {samples} (interleaved)\n");
     println!("| what | median |");
     println!("|---|---|");
@@ -173,7 +187,10 @@ fn main() {
         "| reference: `mount --bind` + `umount` programs | {} |",
         ms(reference)
     );
-    println!("| (two empty RPCs on the same connection, for scale) | {} |", ms(floor));
+    println!(
+        "| (two empty RPCs on the same connection, for scale) | {} |",
+        ms(floor)
+    );
     let ratio = moat.as_secs_f64() / reference.as_secs_f64();
     let verdict = if ratio <= 0.25 { "met" } else { "MISSED" };
     println!("| ratio (goal ≤ 0.25×) | {ratio:.3}× ({verdict}) |\n");
@@ -181,7 +198,7 @@ fn main() {
     println!("CreateVolume + DeleteVolume, median of {n} per kind\n");
     println!("| kind | CreateVolume | DeleteVolume |");
     println!("|---|---|---|");
-    for (label, c, d) in rt.block_on(create_delete_bench(n)) {
+    for (label, c, d) in rt.block_on(interruptible(create_delete_bench(n))) {
         println!("| {label} | {} | {} |", ms(c), ms(d));
     }
 }
