@@ -100,14 +100,16 @@ impl Mounter for LinuxMounter {
     }
 
     fn unmount(&self, target: &Path) -> Result<bool, MountError> {
-        if self.mounted(target)?.is_none() {
-            return Ok(false);
+        // EINVAL: not a mount point; ENOENT: no such path. Either way nothing
+        // is mounted there, and the mount table need not be read.
+        match umount2(target, MntFlags::empty()) {
+            Ok(()) => Ok(true),
+            Err(nix::Error::EINVAL | nix::Error::ENOENT) => Ok(false),
+            Err(source) => Err(MountError::Unmount {
+                target: target.into(),
+                source,
+            }),
         }
-        umount2(target, MntFlags::empty()).map_err(|source| MountError::Unmount {
-            target: target.into(),
-            source,
-        })?;
-        Ok(true)
     }
 
     fn mounted(&self, target: &Path) -> Result<Option<MountEntry>, MountError> {

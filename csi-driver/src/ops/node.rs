@@ -164,7 +164,9 @@ pub fn publish(d: &Driver, a: &PublishArgs) -> Result<bool> {
         return Ok(plan.readonly);
     }
     let source = bind_source(d, &v, a.staging)?;
-    let mut record = NodePublication {
+    // One record, written before the mount: start-up reconcile confirms it
+    // if the mount exists and drops it if not.
+    let record = NodePublication {
         volume_id: a.id.into(),
         node_id: d.node_id.clone(),
         target: a.target.into(),
@@ -186,12 +188,9 @@ pub fn publish(d: &Driver, a: &PublishArgs) -> Result<bool> {
     } else {
         fs::create_dir_all(target).map_err(io("create", target))?;
     }
-    if d.mounter.mounted(target)?.is_none() {
-        d.mounter.bind(&source, target, plan.readonly)?;
-    }
+    // Nothing of ours is mounted here: a finished publication returned above.
+    d.mounter.bind(&source, target, plan.readonly)?;
     d.crash_point("publish-after-mount");
-    record.state = PubState::Published;
-    d.store.put_publication(&record)?;
     info!(volume_id = %a.id, target_path = %a.target, readonly = plan.readonly, "volume published");
     Ok(plan.readonly)
 }
@@ -201,19 +200,14 @@ pub fn unpublish(d: &Driver, id: &str, target: &str) -> Result<()> {
     let _lock = d.store.lock()?;
     while d.mounter.unmount(target_path)? {}
     // The spec has the plugin remove what it created at the target.
-    match fs::metadata(target_path) {
-        Ok(m) if m.is_dir() => fs::remove_dir(target_path).map_err(io("remove", target_path))?,
-        Ok(_) => fs::remove_file(target_path).map_err(io("remove", target_path))?,
-        Err(_) => {}
+    match fs::remove_dir(target_path) {
+        Err(e) if e.raw_os_error() == Some(nix::libc::ENOTDIR) => {
+            fs::remove_file(target_path).map_err(io("remove", target_path))?
+        }
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove", target_path)(e))?,
+        _ => {}
     }
-    let mine = d
-        .store
-        .publications(id)?
-        .into_iter()
-        .filter(|p| p.node_id == d.node_id && p.target == target);
-    for p in mine {
-        d.store.remove_publication(&p)?;
-    }
+    d.store.remove_publication(id, &d.node_id, target)?;
     info!(volume_id = %id, target_path = %target, "volume unpublished");
     Ok(())
 }

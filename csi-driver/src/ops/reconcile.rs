@@ -42,7 +42,8 @@ pub fn node(d: &Driver) -> Result<()> {
                 info!(volume_id = %p.volume_id, target_path = %p.target, "publication confirmed");
             }
             (_, false) => {
-                d.store.remove_publication(&p)?;
+                d.store
+                    .remove_publication(&p.volume_id, &p.node_id, &p.target)?;
                 warn!(volume_id = %p.volume_id, target_path = %p.target, "publication without a mount dropped");
             }
             _ => {}

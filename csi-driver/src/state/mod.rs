@@ -89,9 +89,9 @@ impl Store {
         self.dir.join("pubs").join(volume_id)
     }
 
-    fn pub_path(&self, p: &NodePublication) -> PathBuf {
-        let key = hash(&format!("{}\0{}", p.node_id, p.target));
-        self.pub_dir(&p.volume_id).join(format!("{key}.json"))
+    fn pub_path(&self, volume_id: &str, node: &str, target: &str) -> PathBuf {
+        let key = hash(&format!("{node}\0{target}"));
+        self.pub_dir(volume_id).join(format!("{key}.json"))
     }
 
     fn stage_path(&self, node: &str, volume_id: &str) -> PathBuf {
@@ -146,12 +146,22 @@ impl Store {
 
     pub fn put_publication(&self, p: &NodePublication) -> Result<(), StateError> {
         let dir = self.pub_dir(&p.volume_id);
-        fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        write(&self.pub_path(p), p, Sync::UntilReboot)
+        match fs::create_dir(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(io_err(&dir)(e)),
+            _ => {}
+        }
+        let path = self.pub_path(&p.volume_id, &p.node_id, &p.target);
+        write(&path, p, Sync::UntilReboot)
     }
 
-    pub fn remove_publication(&self, p: &NodePublication) -> Result<(), StateError> {
-        remove(&self.pub_path(p), Sync::UntilReboot)
+    /// Forget the publication of `volume_id` at `target` on `node`, if any.
+    pub fn remove_publication(
+        &self,
+        volume_id: &str,
+        node: &str,
+        target: &str,
+    ) -> Result<(), StateError> {
+        remove(&self.pub_path(volume_id, node, target), Sync::UntilReboot)
     }
 
     /// Every publication of one node, across volumes.
@@ -239,7 +249,7 @@ fn write<T: Serialize>(path: &Path, value: &T, sync: Sync) -> Result<(), StateEr
         path.file_name().unwrap().to_string_lossy(),
         std::process::id()
     ));
-    let bytes = serde_json::to_vec_pretty(value).expect("records serialise");
+    let bytes = serde_json::to_vec(value).expect("records serialise");
     let attempt = || -> io::Result<()> {
         let mut f = OpenOptions::new()
             .write(true)
