@@ -1,4 +1,12 @@
 //! Crash-safe file replacement: a reader sees the old file or the new one, never half.
+//!
+//! Two strengths. [`write_atomic`] survives a power cut (fsync of the file and
+//! its directory): for the operator's policy. [`replace`] survives a crash of
+//! the process at any point (the page cache keeps what was renamed into
+//! place) but not a power cut: for IPAM state, which describes veths and
+//! routes that do not survive a power cut either. After one, every pod is
+//! gone; a record lost with it frees an address no live pod holds, and one
+//! that survives is released by GC.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -7,13 +15,16 @@ use std::path::Path;
 
 /// Write `bytes` to `dir/name` via a temp file, fsync and rename, then fsync `dir`.
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
-    write_atomic_nosync_dir(dir, name, bytes)?;
+    write_temp_and_rename(dir, name, bytes, true)?;
     sync_dir(dir)
 }
 
-/// As [`write_atomic`] but leaves the directory fsync to the caller, who may
-/// batch several renames in one directory into one fsync.
-pub fn write_atomic_nosync_dir(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+/// Write `bytes` to `dir/name` via a temp file and a rename, without fsync.
+pub fn replace(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
+    write_temp_and_rename(dir, name, bytes, false)
+}
+
+fn write_temp_and_rename(dir: &Path, name: &str, bytes: &[u8], sync: bool) -> io::Result<()> {
     let tmp = dir.join(format!(".tmp.{}.{}", std::process::id(), name));
     let mut f = OpenOptions::new()
         .write(true)
@@ -22,7 +33,9 @@ pub fn write_atomic_nosync_dir(dir: &Path, name: &str, bytes: &[u8]) -> io::Resu
         .mode(0o600)
         .open(&tmp)?;
     f.write_all(bytes)?;
-    f.sync_data()?;
+    if sync {
+        f.sync_data()?;
+    }
     drop(f);
     fs::rename(&tmp, dir.join(name)).inspect_err(|_| {
         let _ = fs::remove_file(&tmp);

@@ -1,14 +1,16 @@
 //! Keeping our nftables table in step with attachments and policy.
 //! Callers hold the network's state lock.
 
+use std::collections::BTreeSet;
+
 use tracing::{info, warn};
 
 use crate::firewall::Firewall;
 use crate::ipam::{Attachment, IpStore};
 use crate::policy::file::{load, save};
 use crate::policy::peers::{self, Peer};
-use crate::policy::ruleset::{full, pod_change};
-use crate::policy::{PodEntry, Policy, Project, TableSpec};
+use crate::policy::ruleset::{full, pod_change, tenants_with_chains};
+use crate::policy::{PodEntry, Policy, Project, Role, TableSpec};
 use crate::spec::{CniError, Code, NetConf};
 
 pub fn spec(conf: &NetConf) -> TableSpec {
@@ -82,6 +84,25 @@ fn fw_err(e: crate::firewall::FirewallError) -> CniError {
     CniError::from_error(Code::Firewall, &e)
 }
 
+/// Tenants whose chain our table has, as last built. Absent before the first
+/// build in this state directory: then an ADD builds the whole table at once.
+fn chains_path(conf: &NetConf) -> std::path::PathBuf {
+    conf.state_dir().join("chains.json")
+}
+
+fn load_chains(conf: &NetConf) -> Option<BTreeSet<Project>> {
+    let bytes = std::fs::read(chains_path(conf)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Best effort: a missing or stale file only costs a rebuild or a remade chain.
+fn save_chains(conf: &NetConf, chains: &BTreeSet<Project>) {
+    let json = serde_json::to_vec(chains).expect("projects serialise");
+    if let Err(e) = crate::durable::replace(&conf.state_dir(), "chains.json", &json) {
+        warn!(error = %e, "cannot record the tenant chains");
+    }
+}
+
 /// Make the whole table from persisted state, in one transaction.
 pub fn rebuild<S: IpStore, F: Firewall>(
     conf: &NetConf,
@@ -96,6 +117,7 @@ pub fn rebuild<S: IpStore, F: Firewall>(
     let peers = load_peers(conf)?;
     fw.apply("rebuild", &full(&spec(conf), policy, &pods, &peers))
         .map_err(fw_err)?;
+    save_chains(conf, &tenants_with_chains(policy, &pods, &peers));
     info!(table = %conf.isolation.table, pods = pods.len(), peers = peers.len(), "table rebuilt");
     Ok(())
 }
@@ -116,10 +138,23 @@ pub fn pod_changed<S: IpStore, F: Firewall>(
         return Ok(());
     };
     let policy = load_policy(conf)?;
+    let Some(mut chains) = load_chains(conf) else {
+        return rebuild(conf, store, fw, &policy);
+    };
+    let tenant = match policy.role(&pod.project) {
+        Role::Tenant(t) => Some(t),
+        Role::Global => None,
+    };
+    let exists = tenant.as_ref().is_none_or(|t| chains.contains(t));
     let what = if added { "pod add" } else { "pod delete" };
-    if let Err(e) = fw.apply(what, &pod_change(&spec(conf), &policy, &pod, added)) {
+    let batch = pod_change(&spec(conf), &policy, &pod, added, exists);
+    if let Err(e) = fw.apply(what, &batch) {
         info!(error = %e, "incremental update failed; rebuilding the table");
-        rebuild(conf, store, fw, &policy)?;
+        return rebuild(conf, store, fw, &policy);
+    }
+    if let (true, false, Some(t)) = (added, exists, tenant) {
+        chains.insert(t);
+        save_chains(conf, &chains);
     }
     Ok(())
 }

@@ -6,9 +6,9 @@ use super::isolation::pod_changed;
 use super::naming::host_ifname;
 use super::Ctx;
 use crate::firewall::Firewall;
-use crate::ipam::{AttachmentKey, IpStore};
+use crate::ipam::{Attachment, AttachmentKey, IpStore};
 use crate::netlink::Wiring;
-use crate::spec::{CniError, Code};
+use crate::spec::{CniError, Code, NetConf};
 
 /// Delete the host veth (the pod end goes with it, or went with its netns),
 /// release the addresses and drop the pod from the firewall. Already-gone
@@ -17,28 +17,35 @@ pub(super) fn teardown<S: IpStore, W: Wiring, F: Firewall>(
     ctx: &mut Ctx<S, W, F>,
     key: &AttachmentKey,
 ) -> Result<(), CniError> {
-    let record = ctx
-        .store
-        .get(key)
-        .map_err(|e| CniError::from_error(Code::Io, &e))?;
-    let host = record
-        .as_ref()
-        .map_or_else(|| host_ifname(key), |r| r.host_ifname.clone());
+    let host = host_ifname(key);
     let removed_link = ctx
         .wiring
         .detach(&host)
         .map_err(|e| CniError::from_error(Code::Kernel, &e))?;
-    ctx.store
-        .remove(key)
-        .map_err(|e| CniError::from_error(Code::Io, &e))?;
-    // A writer killed mid-ADD may have left a temp file; under the lock none is live.
-    ctx.store
-        .sweep()
-        .map_err(|e| CniError::from_error(Code::Io, &e))?;
-    if let Some(r) = &record {
-        pod_changed(ctx.conf, ctx.store, ctx.firewall, r, false)?;
-    }
-    info!(container_id = %key.container_id, ifname = %key.ifname, host_ifname = %host,
-          had_record = record.is_some(), removed_link, "torn down");
+    let record = forget(ctx.conf, ctx.store, ctx.firewall, key)?;
+    log(key, &host, record.is_some(), removed_link);
     Ok(())
+}
+
+/// The state half of a teardown: release the addresses and drop the pod from
+/// the firewall. The caller holds the state lock.
+pub(super) fn forget<S: IpStore, F: Firewall>(
+    conf: &NetConf,
+    store: &mut S,
+    firewall: &mut F,
+    key: &AttachmentKey,
+) -> Result<Option<Attachment>, CniError> {
+    let io = |e: crate::ipam::StoreError| CniError::from_error(Code::Io, &e);
+    let record = store.remove(key).map_err(io)?;
+    // A writer killed mid-ADD may have left a temp file; under the lock none is live.
+    store.sweep().map_err(io)?;
+    if let Some(r) = &record {
+        pod_changed(conf, store, firewall, r, false)?;
+    }
+    Ok(record)
+}
+
+pub(super) fn log(key: &AttachmentKey, host: &str, had_record: bool, removed_link: bool) {
+    info!(container_id = %key.container_id, ifname = %key.ifname, host_ifname = %host,
+          had_record, removed_link, "torn down");
 }

@@ -1,5 +1,7 @@
 //! [`IpStore`] on disk: `ips/<address>` holds the owner's key,
 //! `attachments/<cid>:<ifname>.json` the record, `last/<set>` the allocation cursor.
+//! Files are replaced atomically without fsync: see [`crate::durable`] for why
+//! that is the right strength for state that dies with the machine's veths.
 
 use std::collections::HashSet;
 use std::fs;
@@ -8,7 +10,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use super::store::{Attachment, AttachmentKey, IpStore, StoreError};
-use crate::durable::{remove_stale_temps, sync_dir, write_atomic, write_atomic_nosync_dir};
+use crate::durable::{remove_stale_temps, replace};
 
 pub struct DiskStore {
     ips: PathBuf,
@@ -42,14 +44,21 @@ impl DiskStore {
         self.records.join(format!("{}.json", key.file_stem()))
     }
 
+    /// A record a power cut left empty or torn reads as absent (and is
+    /// removed): one unreadable file must not stop every ADD. The addresses it
+    /// reserved go back at the next GC.
     fn read_record(path: &Path) -> Result<Option<Attachment>, StoreError> {
         match fs::read(path) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|source| StoreError::Corrupt {
-                    path: path.to_path_buf(),
-                    source,
-                }),
+            Ok(b) => match serde_json::from_slice(&b) {
+                Ok(r) => Ok(Some(r)),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "unreadable attachment record dropped");
+                    fs::remove_file(path)
+                        .or_else(ignore_missing)
+                        .map_err(io_err("remove", path))?;
+                    Ok(None)
+                }
+            },
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err("read", path)(e)),
         }
@@ -99,21 +108,21 @@ impl IpStore for DiskStore {
         self.write_record(record)?;
         let owner = record.key.file_stem();
         for ip in &record.ips {
-            write_atomic_nosync_dir(&self.ips, &ip.to_string(), owner.as_bytes())
+            replace(&self.ips, &ip.to_string(), owner.as_bytes())
                 .map_err(io_err("reserve", &self.ips))?;
         }
-        sync_dir(&self.ips).map_err(io_err("sync", &self.ips))
+        Ok(())
     }
 
     fn write_record(&mut self, record: &Attachment) -> Result<(), StoreError> {
-        let json = serde_json::to_vec_pretty(record).expect("record serialises");
+        let json = serde_json::to_vec(record).expect("record serialises");
         let name = format!("{}.json", record.key.file_stem());
-        write_atomic(&self.records, &name, &json).map_err(io_err("write", &self.records))
+        replace(&self.records, &name, &json).map_err(io_err("write", &self.records))
     }
 
     fn set_last_reserved(&mut self, set_index: usize, ip: IpAddr) -> Result<(), StoreError> {
         // The cursor is a hint: losing it in a crash only changes which free address comes next.
-        write_atomic_nosync_dir(
+        replace(
             &self.last,
             &set_index.to_string(),
             ip.to_string().as_bytes(),
@@ -136,11 +145,9 @@ impl IpStore for DiskStore {
                     .map_err(io_err("release", &p))?;
             }
         }
-        sync_dir(&self.ips).map_err(io_err("sync", &self.ips))?;
         fs::remove_file(&path)
             .or_else(ignore_missing)
             .map_err(io_err("remove", &path))?;
-        sync_dir(&self.records).map_err(io_err("sync", &self.records))?;
         Ok(Some(record))
     }
 

@@ -51,12 +51,6 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error("record {path} is corrupt")]
-    Corrupt {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
 }
 
 /// Persistent IPAM state. Callers hold the network's [`crate::lock::StateLock`].

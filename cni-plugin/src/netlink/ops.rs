@@ -150,6 +150,7 @@ impl NetlinkSocket {
         dst: IpNetwork,
         oif: u32,
         gw: Option<IpAddr>,
+        flags: Flags,
     ) -> Result<(), SocketError> {
         let mut b = RouteMessageBuilder::<IpAddr>::new()
             .destination_prefix(dst.network(), dst.prefix())
@@ -168,7 +169,7 @@ impl NetlinkSocket {
                 .onlink(),
             None => b.scope(RouteScope::Link),
         };
-        self.request("add route", Rt::NewRoute(b.build()), Flags::CreateExcl)
+        self.request("add route", Rt::NewRoute(b.build()), flags)
             .map(drop)
     }
 

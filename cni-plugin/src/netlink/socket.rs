@@ -6,7 +6,7 @@ use std::path::Path;
 
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
-    NLM_F_REQUEST,
+    NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
@@ -47,6 +47,8 @@ impl SocketError {
 pub enum Flags {
     /// Create; fail if it exists.
     CreateExcl,
+    /// Create or replace what is there.
+    Replace,
     /// Change or delete an existing object.
     Ack,
     Dump,
@@ -100,6 +102,7 @@ impl NetlinkSocket {
         header.flags = NLM_F_REQUEST
             | match flags {
                 Flags::CreateExcl => NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+                Flags::Replace => NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
                 Flags::Ack => NLM_F_ACK,
                 Flags::Dump => NLM_F_DUMP,
             };

@@ -10,7 +10,7 @@ use ipnetwork::IpNetwork;
 use netlink_packet_route::AddressFamily;
 
 use super::ops::{LinkInfoLite, VethRequest};
-use super::socket::{NetlinkSocket, SocketError};
+use super::socket::{Flags, NetlinkSocket, SocketError};
 
 pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
@@ -79,7 +79,7 @@ pub enum WiringError {
 }
 
 /// The kernel side of an attachment, narrow enough to fake in unit tests.
-pub trait Wiring {
+pub trait Wiring: Send {
     fn attach(&mut self, plan: &AttachPlan) -> Result<AttachOutcome, WiringError>;
     /// Remove the host veth (its peer goes with it); `false` if already gone.
     fn detach(&mut self, host_ifname: &str) -> Result<bool, WiringError>;
@@ -143,7 +143,7 @@ impl KernelWiring {
                 "::/0".parse()
             }
             .expect("literal");
-            pod.add_route(default, link.index, Some(gw))
+            pod.add_route(default, link.index, Some(gw), Flags::CreateExcl)
                 .map_err(step("add default route", ifn))?;
         }
         Ok(link)
@@ -189,8 +189,10 @@ impl Wiring for KernelWiring {
                     ifname: format!("{} MAC", plan.ifname),
                 })?;
         for ip in &plan.ips {
+            // Replace: the address is ours (reserved under the lock), and the
+            // veth of a pod that just left it may still be on its way out.
             self.host
-                .add_route(host_prefix(*ip), host_link.index, None)
+                .add_route(host_prefix(*ip), host_link.index, None, Flags::Replace)
                 .map_err(step("add host route", host_if))?;
             // The host veth's link-local address is still in DAD for a second
             // after creation; a permanent entry needs no ARP/ND at all.

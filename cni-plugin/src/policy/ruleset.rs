@@ -82,10 +82,36 @@ pub fn full(spec: &TableSpec, policy: &Policy, pods: &[PodEntry], peers: &[Peer]
     b
 }
 
-/// Elements of one pod, added or deleted; the pod's tenant chain is (re)made on add.
-pub fn pod_change(spec: &TableSpec, policy: &Policy, pod: &PodEntry, add: bool) -> Batch {
+/// The tenants that have a chain after [`full`].
+pub fn tenants_with_chains(
+    policy: &Policy,
+    pods: &[PodEntry],
+    peers: &[Peer],
+) -> BTreeSet<Project> {
+    let projects = pods
+        .iter()
+        .map(|p| &p.project)
+        .chain(peers.iter().map(|p| &p.project));
+    projects
+        .filter_map(|p| match policy.role(p) {
+            Role::Tenant(t) => Some(t),
+            Role::Global => None,
+        })
+        .collect()
+}
+
+/// Elements of one pod, added or deleted. On add, the pod's tenant chain is
+/// made unless it exists: remaking it would delete its rules, and a
+/// transaction that deletes costs the kernel a grace period.
+pub fn pod_change(
+    spec: &TableSpec,
+    policy: &Policy,
+    pod: &PodEntry,
+    add: bool,
+    chain_exists: bool,
+) -> Batch {
     let mut b = Batch::new(&spec.table);
-    if add {
+    if add && !chain_exists {
         if let Role::Tenant(t) = policy.role(&pod.project) {
             tenant_chain_cmds(&mut b, &t);
         }

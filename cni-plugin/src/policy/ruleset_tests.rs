@@ -167,8 +167,8 @@ fn egress_deny_puts_the_project_pods_in_the_deny_sets() {
 #[test]
 fn pod_change_touches_elements_only_and_deletes_what_add_added() {
     let policy = Policy::default();
-    let added = pod_change(&spec(false, true), &policy, &pod(7, "a"), true);
-    let removed = pod_change(&spec(false, true), &policy, &pod(7, "a"), false);
+    let added = pod_change(&spec(false, true), &policy, &pod(7, "a"), true, false);
+    let removed = pod_change(&spec(false, true), &policy, &pod(7, "a"), false, true);
     assert_eq!(removed.rule_count(), 0);
     assert!(ops(&removed.cmds)
         .iter()
@@ -247,5 +247,18 @@ fn peers_join_their_tenant_but_a_local_pod_keeps_its_address() {
     assert!(
         chains(&b.cmds).iter().any(|c| c == "tenant-d"),
         "a tenant only peers have"
+    );
+}
+
+#[test]
+fn an_existing_tenant_chain_is_not_remade_on_add() {
+    let policy = Policy::default();
+    let again = pod_change(&spec(false, true), &policy, &pod(8, "a"), true, true);
+    assert_eq!(again.rule_count(), 0);
+    assert!(
+        ops(&again.cmds)
+            .iter()
+            .all(|(v, k, _)| v == "add" && k == "element"),
+        "only additions: no grace period"
     );
 }
