@@ -4,6 +4,7 @@
 mod drops;
 #[cfg(test)]
 pub mod fake;
+mod nfnl;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -23,6 +24,13 @@ pub enum FirewallError {
         stderr: String,
         #[source]
         source: Box<nftables::helper::NftablesError>,
+    },
+    #[error("the {what} transaction for table {table} failed")]
+    Elements {
+        what: &'static str,
+        table: String,
+        #[source]
+        source: nfnl::NfnlError,
     },
     #[error("cannot list {what} of table {table}")]
     List {
@@ -104,6 +112,15 @@ impl Default for NftFirewall {
 
 impl Firewall for NftFirewall {
     fn apply(&mut self, what: &'static str, batch: &Batch) -> Result<(), FirewallError> {
+        if !batch.structural && !batch.elements.is_empty() {
+            return nfnl::apply(&batch.table, &batch.elements).map_err(|source| {
+                FirewallError::Elements {
+                    what,
+                    table: batch.table.clone(),
+                    source,
+                }
+            });
+        }
         let payload = batch.to_json().to_string();
         nftables::helper::apply_ruleset_raw(
             &payload,

@@ -91,9 +91,44 @@ pub fn counter() -> Value {
 }
 
 /// Commands of one transaction, all against one table.
+/// A set or map element, typed, so an element-only batch can go to the kernel
+/// without the `nft` program (see `firewall::nfnl`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Elem {
+    Addr(std::net::IpAddr),
+    Ifname(String),
+    /// `ifname . addr`
+    IfAddr(String, std::net::IpAddr),
+    /// `addr : jump chain` in a verdict map.
+    Jump(std::net::IpAddr, String),
+}
+
+impl Elem {
+    pub fn to_json(&self) -> Value {
+        match self {
+            Elem::Addr(a) => json!(a.to_string()),
+            Elem::Ifname(n) => json!(n),
+            Elem::IfAddr(n, a) => concat(vec![json!(n), json!(a.to_string())]),
+            Elem::Jump(a, chain) => json!([a.to_string(), jump(chain)]),
+        }
+    }
+}
+
+/// Elements added to or deleted from one set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ElementOp {
+    pub add: bool,
+    pub set: String,
+    pub elems: Vec<Elem>,
+}
+
 pub struct Batch {
     pub table: String,
     pub cmds: Vec<Value>,
+    /// The element commands of `cmds`, typed.
+    pub elements: Vec<ElementOp>,
+    /// Whether `cmds` has anything but element commands.
+    pub structural: bool,
 }
 
 impl Batch {
@@ -101,10 +136,13 @@ impl Batch {
         Self {
             table: table.to_string(),
             cmds: Vec::new(),
+            elements: Vec::new(),
+            structural: false,
         }
     }
 
     fn push(&mut self, verb: &str, kind: &str, mut body: Value) {
+        self.structural |= kind != "element";
         body["family"] = json!("inet");
         if kind == "table" {
             body["name"] = json!(self.table);
@@ -161,10 +199,18 @@ impl Batch {
         self.push("add", "rule", json!({"chain": chain, "expr": expr}));
     }
 
-    pub fn element(&mut self, verb: &str, set: &str, elem: Vec<Value>) {
-        if !elem.is_empty() {
-            self.push(verb, "element", json!({"name": set, "elem": elem}));
+    pub fn element(&mut self, add: bool, set: &str, elems: Vec<Elem>) {
+        if elems.is_empty() {
+            return;
         }
+        let json: Vec<Value> = elems.iter().map(Elem::to_json).collect();
+        let verb = if add { "add" } else { "delete" };
+        self.push(verb, "element", json!({"name": set, "elem": json}));
+        self.elements.push(ElementOp {
+            add,
+            set: set.into(),
+            elems,
+        });
     }
 
     pub fn to_json(&self) -> Value {

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::model::{Policy, Project, Role};
 use super::nftjson::{
-    concat, counter, ct, in_set, jump, matches, meta, not_in_set, verdict, Batch, Fam, FAMS,
+    concat, counter, ct, in_set, jump, matches, meta, not_in_set, verdict, Batch, Elem, Fam, FAMS,
 };
 use super::peers::Peer;
 
@@ -68,7 +68,7 @@ pub fn full(spec: &TableSpec, policy: &Policy, pods: &[PodEntry], peers: &[Peer]
                 tenant_chain_cmds(&mut b, &t);
             }
         }
-        pod_elements(&mut b, policy, pod, "add");
+        pod_elements(&mut b, policy, pod, true);
         local.extend(pod.ips.iter().copied());
     }
     for peer in peers.iter().filter(|p| !local.contains(&p.ip)) {
@@ -77,7 +77,7 @@ pub fn full(spec: &TableSpec, policy: &Policy, pods: &[PodEntry], peers: &[Peer]
                 tenant_chain_cmds(&mut b, &t);
             }
         }
-        member_elements(&mut b, policy, &peer.project, peer.ip, "add");
+        member_elements(&mut b, policy, &peer.project, peer.ip, true);
     }
     b
 }
@@ -116,7 +116,7 @@ pub fn pod_change(
             tenant_chain_cmds(&mut b, &t);
         }
     }
-    pod_elements(&mut b, policy, pod, if add { "add" } else { "delete" });
+    pod_elements(&mut b, policy, pod, add);
     b
 }
 
@@ -152,38 +152,32 @@ fn tenant_chain_cmds(b: &mut Batch, t: &Project) {
     }
 }
 
-fn pod_elements(b: &mut Batch, policy: &Policy, pod: &PodEntry, verb: &str) {
-    b.element(verb, "podif", vec![json!(pod.host_ifname)]);
+fn pod_elements(b: &mut Batch, policy: &Policy, pod: &PodEntry, add: bool) {
+    b.element(add, "podif", vec![Elem::Ifname(pod.host_ifname.clone())]);
     for ip in &pod.ips {
         let f = Fam::of(ip);
-        let addr = json!(ip.to_string());
-        b.element(verb, &f.name("pods"), vec![addr.clone()]);
+        b.element(add, &f.name("pods"), vec![Elem::Addr(*ip)]);
         b.element(
-            verb,
+            add,
             &f.name("podsrc"),
-            vec![concat(vec![json!(pod.host_ifname), addr])],
+            vec![Elem::IfAddr(pod.host_ifname.clone(), *ip)],
         );
-        member_elements(b, policy, &pod.project, *ip, verb);
+        member_elements(b, policy, &pod.project, *ip, add);
         if policy.egress_deny.contains(&pod.project) {
-            b.element(verb, &f.name("egress_deny"), vec![json!(ip.to_string())]);
+            b.element(add, &f.name("egress_deny"), vec![Elem::Addr(*ip)]);
         }
     }
 }
 
 /// What makes an address a member of its project's tenant (or of the globals).
-fn member_elements(b: &mut Batch, policy: &Policy, project: &Project, ip: IpAddr, verb: &str) {
+fn member_elements(b: &mut Batch, policy: &Policy, project: &Project, ip: IpAddr, add: bool) {
     let f = Fam::of(&ip);
-    let addr = json!(ip.to_string());
     match policy.role(project) {
-        Role::Global => b.element(verb, &f.name("global"), vec![addr]),
+        Role::Global => b.element(add, &f.name("global"), vec![Elem::Addr(ip)]),
         Role::Tenant(t) => {
             let chain = tenant_chain(&t);
-            b.element(
-                verb,
-                &f.name("tenant"),
-                vec![json!([addr.clone(), jump(&chain)])],
-            );
-            b.element(verb, &format!("{chain}-{}", f.suffix), vec![addr]);
+            b.element(add, &f.name("tenant"), vec![Elem::Jump(ip, chain.clone())]);
+            b.element(add, &format!("{chain}-{}", f.suffix), vec![Elem::Addr(ip)]);
         }
     }
 }

@@ -1,0 +1,302 @@
+//! Element-only batches straight to nf_tables over netlink, in-process.
+//!
+//! Every ADD and DEL changes only set and map elements; running the `nft`
+//! program for that costs a process, a JSON parse and a cache fetch that
+//! grows with the sets. The maintained Rust crates that speak nf_tables
+//! netlink are GPL (rustables) or bind the GPL libnftnl, which this
+//! Apache-2.0 project cannot link; so the three message kinds needed here
+//! (batch begin/end, NEWSETELEM, DELSETELEM) are encoded below on
+//! netlink-sys. Anything structural still goes through `nft`.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+
+use crate::policy::nftjson::{Elem, ElementOp};
+
+const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
+const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_NEWSETELEM: u16 = 12;
+const NFT_MSG_DELSETELEM: u16 = 14;
+const NFPROTO_INET: u8 = 1;
+const NLM_F_REQUEST: u16 = 0x1;
+const NLM_F_ACK: u16 = 0x4;
+const NLM_F_CREATE: u16 = 0x400;
+const NLMSG_ERROR: u16 = 0x2;
+const NLA_F_NESTED: u16 = 0x8000;
+const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
+const NFTA_SET_ELEM_LIST_SET: u16 = 2;
+const NFTA_SET_ELEM_LIST_ELEMENTS: u16 = 3;
+const NFTA_LIST_ELEM: u16 = 1;
+const NFTA_SET_ELEM_KEY: u16 = 1;
+const NFTA_SET_ELEM_DATA: u16 = 2;
+const NFTA_DATA_VALUE: u16 = 1;
+const NFTA_DATA_VERDICT: u16 = 2;
+const NFTA_VERDICT_CODE: u16 = 1;
+const NFTA_VERDICT_CHAIN: u16 = 2;
+const NFT_JUMP: i32 = -3;
+const IFNAMSIZ: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NfnlError {
+    #[error("netfilter netlink socket")]
+    Socket(#[source] std::io::Error),
+    #[error("nf_tables refused element {op} in set {set}")]
+    Refused {
+        op: &'static str,
+        set: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("nf_tables sent no answer for the batch")]
+    NoAnswer,
+}
+
+/// Netlink attributes into a buffer, 4-byte aligned.
+struct Attrs(Vec<u8>);
+
+impl Attrs {
+    fn put(&mut self, ty: u16, payload: &[u8]) {
+        let len = 4 + payload.len();
+        self.0.extend_from_slice(&(len as u16).to_ne_bytes());
+        self.0.extend_from_slice(&ty.to_ne_bytes());
+        self.0.extend_from_slice(payload);
+        self.pad();
+    }
+
+    fn put_str(&mut self, ty: u16, s: &str) {
+        let mut b = s.as_bytes().to_vec();
+        b.push(0);
+        self.put(ty, &b);
+    }
+
+    fn nested(&mut self, ty: u16, f: impl FnOnce(&mut Attrs)) {
+        let start = self.0.len();
+        self.0.extend_from_slice(&[0; 4]);
+        f(self);
+        let len = (self.0.len() - start) as u16;
+        self.0[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+        self.0[start + 2..start + 4].copy_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+    }
+
+    fn pad(&mut self) {
+        while self.0.len() % 4 != 0 {
+            self.0.push(0);
+        }
+    }
+}
+
+fn addr_bytes(ip: &IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+fn ifname_bytes(name: &str) -> Vec<u8> {
+    let mut b = name.as_bytes().to_vec();
+    b.resize(IFNAMSIZ, 0);
+    b
+}
+
+/// The key as nf_tables stores it: concatenations are the parts back to back,
+/// each padded to 4 bytes (an interface name already is).
+fn key(e: &Elem) -> Vec<u8> {
+    match e {
+        Elem::Addr(a) | Elem::Jump(a, _) => addr_bytes(a),
+        Elem::Ifname(n) => ifname_bytes(n),
+        Elem::IfAddr(n, a) => [ifname_bytes(n), addr_bytes(a)].concat(),
+    }
+}
+
+fn element(list: &mut Attrs, e: &Elem) {
+    list.nested(NFTA_LIST_ELEM, |el| {
+        el.nested(NFTA_SET_ELEM_KEY, |k| k.put(NFTA_DATA_VALUE, &key(e)));
+        if let Elem::Jump(_, chain) = e {
+            el.nested(NFTA_SET_ELEM_DATA, |d| {
+                d.nested(NFTA_DATA_VERDICT, |v| {
+                    v.put(NFTA_VERDICT_CODE, &NFT_JUMP.to_be_bytes());
+                    v.put_str(NFTA_VERDICT_CHAIN, chain);
+                })
+            })
+        }
+    });
+}
+
+/// One netlink message: header, nfgenmsg, attributes.
+fn message(
+    out: &mut Vec<u8>,
+    ty: u16,
+    flags: u16,
+    seq: u32,
+    family: u8,
+    res_id: u16,
+    attrs: &[u8],
+) {
+    let len = 16 + 4 + attrs.len();
+    out.extend_from_slice(&(len as u32).to_ne_bytes());
+    out.extend_from_slice(&ty.to_ne_bytes());
+    out.extend_from_slice(&flags.to_ne_bytes());
+    out.extend_from_slice(&seq.to_ne_bytes());
+    out.extend_from_slice(&0u32.to_ne_bytes());
+    out.extend_from_slice(&[family, 0]);
+    out.extend_from_slice(&res_id.to_be_bytes());
+    out.extend_from_slice(attrs);
+}
+
+/// The batch as bytes; element messages are numbered from `seq + 1`.
+pub fn encode(table: &str, ops: &[ElementOp], seq: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    message(
+        &mut out,
+        NFNL_MSG_BATCH_BEGIN,
+        NLM_F_REQUEST,
+        seq,
+        0,
+        NFNL_SUBSYS_NFTABLES,
+        &[],
+    );
+    for (i, op) in ops.iter().enumerate() {
+        let mut a = Attrs(Vec::new());
+        a.put_str(NFTA_SET_ELEM_LIST_TABLE, table);
+        a.put_str(NFTA_SET_ELEM_LIST_SET, &op.set);
+        a.nested(NFTA_SET_ELEM_LIST_ELEMENTS, |list| {
+            for e in &op.elems {
+                element(list, e);
+            }
+        });
+        let (ty, flags) = if op.add {
+            (NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE)
+        } else {
+            (NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK)
+        };
+        let kind = (NFNL_SUBSYS_NFTABLES << 8) | ty;
+        message(
+            &mut out,
+            kind,
+            flags,
+            seq + 1 + i as u32,
+            NFPROTO_INET,
+            0,
+            &a.0,
+        );
+    }
+    message(
+        &mut out,
+        NFNL_MSG_BATCH_END,
+        NLM_F_REQUEST,
+        seq + 1 + ops.len() as u32,
+        0,
+        NFNL_SUBSYS_NFTABLES,
+        &[],
+    );
+    out
+}
+
+/// Apply element changes to `inet <table>` in one transaction.
+pub fn apply(table: &str, ops: &[ElementOp]) -> Result<(), NfnlError> {
+    if ops.is_empty() {
+        return Ok(());
+    }
+    let mut socket = Socket::new(NETLINK_NETFILTER).map_err(NfnlError::Socket)?;
+    socket.bind_auto().map_err(NfnlError::Socket)?;
+    socket
+        .connect(&SocketAddr::new(0, 0))
+        .map_err(NfnlError::Socket)?;
+    socket.set_rx_buf_sz(1 << 20).map_err(NfnlError::Socket)?;
+    let seq = std::process::id().wrapping_mul(1 << 8);
+    socket
+        .send(&encode(table, ops, seq), 0)
+        .map_err(NfnlError::Socket)?;
+    await_acks(&socket, ops, seq)
+}
+
+/// Every element message asked for an ack; the kernel sends an error for the
+/// message that failed (and aborts the whole batch) or an ack for each.
+fn await_acks(socket: &Socket, ops: &[ElementOp], seq: u32) -> Result<(), NfnlError> {
+    set_timeout(socket, Duration::from_secs(5))?;
+    let mut acked = 0;
+    let mut buf = vec![0u8; 1 << 16];
+    while acked < ops.len() {
+        let n = socket
+            .recv(&mut &mut buf[..], 0)
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut => {
+                    NfnlError::NoAnswer
+                }
+                _ => NfnlError::Socket(e),
+            })?;
+        let mut off = 0;
+        while off + 16 <= n {
+            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
+            let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap());
+            let msg_seq = u32::from_ne_bytes(buf[off + 8..off + 12].try_into().unwrap());
+            if ty == NLMSG_ERROR && off + 20 <= n {
+                let errno = i32::from_ne_bytes(buf[off + 16..off + 20].try_into().unwrap());
+                if errno != 0 {
+                    let op = ops.get(msg_seq.wrapping_sub(seq + 1) as usize);
+                    return Err(NfnlError::Refused {
+                        op: op.map_or("?", |o| if o.add { "add" } else { "delete" }),
+                        set: op.map_or_else(String::new, |o| o.set.clone()),
+                        source: std::io::Error::from_raw_os_error(-errno),
+                    });
+                }
+                acked += 1;
+            }
+            if len < 16 {
+                break;
+            }
+            off += (len + 3) & !3;
+        }
+    }
+    Ok(())
+}
+
+fn set_timeout(socket: &Socket, d: Duration) -> Result<(), NfnlError> {
+    use std::os::fd::AsRawFd;
+    let tv = nix::sys::time::TimeVal::new(d.as_secs() as i64, 0);
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(socket.as_raw_fd()) };
+    nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::ReceiveTimeout, &tv)
+        .map_err(|e| NfnlError::Socket(e.into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concatenated_keys_and_jump_data_are_laid_out_as_nft_stores_them() {
+        let ip: IpAddr = "10.1.2.3".parse().unwrap();
+        let k = key(&Elem::IfAddr("moat0123".into(), ip));
+        assert_eq!(k.len(), 20);
+        assert_eq!(&k[..8], b"moat0123");
+        assert_eq!(&k[16..], &[10, 1, 2, 3]);
+        let v6: IpAddr = "fd00::1".parse().unwrap();
+        assert_eq!(key(&Elem::IfAddr("x".into(), v6)).len(), 32);
+        let bytes = encode(
+            "moat",
+            &[ElementOp {
+                add: true,
+                set: "tenant4".into(),
+                elems: vec![Elem::Jump(ip, "tenant-a".into())],
+            }],
+            7,
+        );
+        // begin (20 bytes), the element message, end (20 bytes), all aligned.
+        assert_eq!(bytes.len() % 4, 0);
+        assert_eq!(
+            u16::from_ne_bytes([bytes[4], bytes[5]]),
+            NFNL_MSG_BATCH_BEGIN
+        );
+        let msg_ty = u16::from_ne_bytes([bytes[24], bytes[25]]);
+        assert_eq!(msg_ty, (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM);
+        let jump = NFT_JUMP.to_be_bytes();
+        assert!(
+            bytes.windows(4).any(|w| w == jump),
+            "verdict code in network order"
+        );
+        assert!(bytes.windows(9).any(|w| w == b"tenant-a\0"));
+    }
+}
