@@ -1,7 +1,6 @@
 //! The driver's life: idempotent RPCs, restarts and crashes, expansion,
 //! snapshots and clones, pagination, malformed input, quotas, identity.
 
-
 use moat_csi_proto as csi;
 use moat_e2e::csi::{create_req, mount_cap, publish_req, stage_req, write_in, Cluster, Mode, MIB};
 use nix::sys::signal::Signal;

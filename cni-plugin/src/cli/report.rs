@@ -54,7 +54,7 @@ pub fn pods(policy: &Policy, store: &DiskStore) -> Result<String, CniError> {
         let name = r
             .pod_name
             .clone()
-            .unwrap_or_else(|| r.key.container_id.chars().take(12).collect());
+            .unwrap_or_else(|| r.key.container_id.chars().take(24).collect());
         let _ = writeln!(
             out,
             "{:<24} {:<16} {:<20} {:<16} {}{}",

@@ -13,6 +13,19 @@ struct World {
     store: FakeStore,
     wiring: FakeWiring,
     fw: FakeFirewall,
+    dirs: Dirs,
+}
+
+/// Data directories the verbs wrote to (lock, policy, chains), removed on drop.
+#[derive(Default)]
+struct Dirs(Vec<std::path::PathBuf>);
+
+impl Drop for Dirs {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
 }
 
 impl World {
@@ -21,6 +34,7 @@ impl World {
         conf: &NetConf,
         inv: &Invocation,
     ) -> Result<Option<serde_json::Value>, CniError> {
+        self.dirs.0.push(conf.data_dir.clone());
         dispatch(&mut Ctx {
             conf,
             inv,
@@ -31,8 +45,12 @@ impl World {
     }
 }
 
+/// A state directory of its own per call: tests run in parallel threads and
+/// files such as the tenant-chain record must not leak between them.
 fn conf(extra: serde_json::Value) -> NetConf {
-    let dir = std::env::temp_dir().join(format!("moat-cmd-test-{}", std::process::id()));
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("moat-cmd-test-{}-{n}", std::process::id()));
     let mut c = json!({"cniVersion": "1.1.0", "name": "n", "type": "moat", "dataDir": dir,
         "ipam": {"ranges": [[{"subnet": "10.0.0.0/29"}]]}});
     if let (Some(o), Some(e)) = (c.as_object_mut(), extra.as_object()) {
@@ -75,9 +93,10 @@ fn failed_add_rolls_back_addresses_links_and_firewall() {
     );
     assert!(w.wiring.links.is_empty(), "veth removed");
     let whats: Vec<_> = w.fw.applied.iter().map(|(w, _)| *w).collect();
+    // A fresh node builds its whole table with the first ADD.
     assert_eq!(
         whats,
-        ["pod add", "pod delete"],
+        ["rebuild", "pod delete"],
         "pod filtered before wiring, removed on rollback"
     );
 }
