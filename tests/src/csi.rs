@@ -140,10 +140,23 @@ impl Cluster {
 
     /// `config`: the driver's JSON config (e.g. project quotas).
     pub fn with_config(nodes: &[&str], config: Option<&str>) -> Self {
+        Self::build(nodes, config, false)
+    }
+
+    /// The pool on an ext4 filesystem of its own, mounted with project quotas
+    /// (what a pool must offer for directory volumes to have hard capacity).
+    pub fn with_quota_pool(nodes: &[&str]) -> Self {
+        Self::build(nodes, None, true)
+    }
+
+    fn build(nodes: &[&str], config: Option<&str>, quota_pool: bool) -> Self {
         require_root();
         let dir = std::env::temp_dir().join(unique("csi"));
         let pool = dir.join("pool");
         std::fs::create_dir_all(&pool).unwrap();
+        if quota_pool {
+            mount_quota_pool(&dir, &pool);
+        }
         let config = config.map(|c| {
             let p = dir.join("driver.json");
             std::fs::write(&p, c).unwrap();
@@ -211,6 +224,39 @@ impl Drop for Cluster {
         }
         cleanup(&self.dir);
     }
+}
+
+fn mount_quota_pool(dir: &Path, pool: &Path) {
+    let image = dir.join("pool.img");
+    let run = |prog: &str, args: &[&str]| {
+        let out = Command::new(prog).args(args).output().expect(prog);
+        assert!(
+            out.status.success(),
+            "{prog} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::File::create(&image)
+        .unwrap()
+        .set_len(256 << 20)
+        .unwrap();
+    let img = image.to_str().unwrap();
+    run(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-F",
+            "-O",
+            "quota,project",
+            "-E",
+            "quotatype=prjquota",
+            img,
+        ],
+    );
+    run(
+        "mount",
+        &["-o", "loop,prjquota", img, pool.to_str().unwrap()],
+    );
 }
 
 /// Unmount everything under `dir` (deepest first), detach loop devices over

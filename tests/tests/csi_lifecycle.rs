@@ -548,3 +548,28 @@ async fn a_thousand_volumes_list_in_pages() {
         Code::Aborted
     );
 }
+
+/// Needs a kernel with CONFIG_QUOTA (ext4 `prjquota`) or XFS quota support;
+/// the kernel of the machines this project is built on has neither, so here
+/// the driver detects no quota support and directory capacity is reported only.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs a kernel with project quota support (CONFIG_QUOTA); run with --run-ignored on one"]
+async fn rwx_capacity_is_a_project_quota_where_the_pool_has_them() {
+    const EDQUOT: i32 = 122;
+    let c = Cluster::with_quota_pool(&["n1"]);
+    let cap = mount_cap(Mode::MultiNodeMultiWriter, "");
+    let id = c
+        .create("pvc-rwx-quota", 8 * MIB, cap.clone(), "shop")
+        .await;
+    let target = c.attach(0, &id, cap, false, "shop", "pod").await.unwrap();
+    let big = vec![7u8; 12 << 20];
+    let e = std::fs::write(format!("{target}/big"), &big).expect_err("12 MiB into an 8 MiB volume");
+    assert_eq!(e.raw_os_error(), Some(EDQUOT), "{e}");
+    let total = statvfs_total(&target);
+    assert!(
+        total <= 8 << 20,
+        "df inside the volume shows its capacity, not the pool's: {total}"
+    );
+    expand(&c, &id, 32 * MIB).await;
+    std::fs::write(format!("{target}/big"), &big).expect("fits after expansion");
+}

@@ -3,6 +3,7 @@
 //! are loop-mounted, so their capacity is hard; directories serve many writers.
 
 mod loopdev;
+mod quota;
 mod tools;
 
 use std::fs::{self, OpenOptions};
@@ -23,6 +24,8 @@ pub enum BackendError {
         #[source]
         source: io::Error,
     },
+    #[error("directory quota")]
+    Quota(#[from] quota::QuotaError),
     #[error("{program} {args} failed: {stderr}")]
     Command {
         program: String,
@@ -41,6 +44,8 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> B
 
 pub struct Pool {
     root: PathBuf,
+    /// The pool's device when its filesystem enforces project quotas.
+    quota_device: Option<PathBuf>,
 }
 
 impl Pool {
@@ -49,7 +54,12 @@ impl Pool {
             let d = root.join(sub);
             fs::create_dir_all(&d).map_err(io_err("create", &d))?;
         }
-        Ok(Self { root: root.into() })
+        let quota_device = quota::detect(root);
+        tracing::info!(pool = %root.display(), quota_device = ?quota_device, "pool opened");
+        Ok(Self {
+            root: root.into(),
+            quota_device,
+        })
     }
 
     /// Ids are validated before they get here; see `volume::ids`.
@@ -72,7 +82,10 @@ impl Pool {
     ) -> Result<(), BackendError> {
         self.remove(kind, path)?;
         match kind {
-            Kind::Dir => fs::create_dir(path).map_err(io_err("create", path)),
+            Kind::Dir => {
+                fs::create_dir(path).map_err(io_err("create", path))?;
+                self.limit_dir(path, Some(size))
+            }
             Kind::Block => sparse_file(path, size),
             Kind::Image => {
                 sparse_file(path, size)?;
@@ -86,7 +99,12 @@ impl Pool {
         self.remove(kind, to)?;
         let (f, t) = (from.to_string_lossy(), to.to_string_lossy());
         match kind {
-            Kind::Dir => run("cp", &["-a", "--reflink=auto", &f, &t]),
+            Kind::Dir => {
+                // Tagged before the copy, so every copied file counts against it.
+                fs::create_dir(to).map_err(io_err("create", to))?;
+                self.limit_dir(to, None)?;
+                run("cp", &["-a", "--reflink=auto", &format!("{f}/."), &t])
+            }
             _ => run("cp", &["--sparse=always", "--reflink=auto", &f, &t]),
         }
     }
@@ -94,7 +112,7 @@ impl Pool {
     /// Grow an image file to `size`; the filesystem follows at the node.
     pub fn grow(&self, kind: Kind, path: &Path, size: u64) -> Result<(), BackendError> {
         if kind == Kind::Dir {
-            return Ok(());
+            return self.limit_dir(path, Some(size));
         }
         let f = OpenOptions::new()
             .write(true)
@@ -106,6 +124,18 @@ impl Pool {
             f.sync_all().map_err(io_err("sync", path))?;
         }
         Ok(())
+    }
+
+    /// Tag a directory volume with its project and, given a size, limit it.
+    /// Without project quota support on the pool this does nothing.
+    fn limit_dir(&self, dir: &Path, size: Option<u64>) -> Result<(), BackendError> {
+        let Some(device) = &self.quota_device else {
+            return Ok(());
+        };
+        let id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let project = quota::project_id(&id);
+        // A limit of 0 is "none": the copy into a new volume is limited after.
+        Ok(quota::limit(device, dir, project, size.unwrap_or(0))?)
     }
 
     pub fn remove(&self, kind: Kind, path: &Path) -> Result<(), BackendError> {
