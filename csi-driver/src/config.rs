@@ -30,6 +30,9 @@ pub struct Args {
     /// JSON driver config, e.g. {"projectQuotas": {"shop": 10737418240}}
     #[arg(long, env = "MOAT_CSI_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Seconds in-flight RPCs may run on after SIGTERM before the driver exits.
+    #[arg(long, env = "MOAT_SHUTDOWN_GRACE", default_value_t = 10)]
+    pub shutdown_grace: u64,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -38,9 +38,16 @@ fn main() -> anyhow::Result<()> {
     if args.mode.node() {
         ops::reconcile::node(&driver)?;
     }
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    // One async thread: it only decodes requests and hands them to the
+    // blocking pool (every mount, file and tool call runs there), so a
+    // second worker would only add cross-thread wake-ups to each RPC.
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
-        .block_on(server::serve(&socket, args.mode, driver))
+        .block_on(server::serve(
+            &socket,
+            args.mode,
+            std::time::Duration::from_secs(args.shutdown_grace),
+            driver,
+        ))
 }

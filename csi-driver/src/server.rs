@@ -4,6 +4,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use moat_csi_proto::{
@@ -12,7 +13,7 @@ use moat_csi_proto::{
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::config::Mode;
 use crate::ops::Driver;
@@ -21,7 +22,12 @@ use crate::service::identity::IdentityService;
 use crate::service::node::NodeService;
 use crate::service::{Ctx, InFlight};
 
-pub async fn serve(socket: &Path, mode: Mode, driver: Driver) -> anyhow::Result<()> {
+pub async fn serve(
+    socket: &Path,
+    mode: Mode,
+    grace: Duration,
+    driver: Driver,
+) -> anyhow::Result<()> {
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
@@ -53,15 +59,32 @@ pub async fn serve(socket: &Path, mode: Mode, driver: Driver) -> anyhow::Result<
     info!(socket = %socket.display(), ?mode, "serving");
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
     let shutdown = async move {
         tokio::select! {
             _ = term.recv() => info!("SIGTERM: shutting down"),
             _ = int.recv() => info!("SIGINT: shutting down"),
         }
+        let _ = stopping_tx.send(());
     };
-    router
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await?;
+    let serving = router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
+    // A graceful stop waits for clients to close their connections; kubelet
+    // keeps its own open, so in-flight RPCs get a bounded grace and no more.
+    let grace = async {
+        if stopping.await.is_ok() {
+            tokio::time::sleep(grace).await;
+            warn!(
+                grace_s = grace.as_secs(),
+                "connections still open: stopping anyway"
+            );
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        r = serving => r?,
+        _ = grace => {}
+    }
     let _ = std::fs::remove_file(socket);
     Ok(())
 }

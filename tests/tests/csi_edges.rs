@@ -248,4 +248,20 @@ async fn a_stale_socket_is_replaced_and_sigterm_removes_it() {
         !c.nodes[0].socket.exists(),
         "graceful shutdown removes the socket"
     );
+
+    // A client that keeps its connection open and says nothing (a hung
+    // kubelet) must not hold the driver past its grace.
+    c.nodes[0].set_env("MOAT_SHUTDOWN_GRACE", Some("1"));
+    c.start(Some(0));
+    c.node(0).await;
+    let _silent = std::os::unix::net::UnixStream::connect(&c.nodes[0].socket).unwrap();
+    let t = std::time::Instant::now();
+    nix::sys::signal::kill(c.nodes[0].pid(), Signal::SIGTERM).unwrap();
+    assert!(c.nodes[0].wait_exit().success());
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        t.elapsed()
+    );
+    assert!(!c.nodes[0].socket.exists());
 }

@@ -132,7 +132,10 @@ impl Pool {
         let Some(device) = &self.quota_device else {
             return Ok(());
         };
-        let id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let id = dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let project = quota::project_id(&id);
         // A limit of 0 is "none": the copy into a new volume is limited after.
         Ok(quota::limit(device, dir, project, size.unwrap_or(0))?)

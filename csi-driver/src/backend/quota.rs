@@ -97,7 +97,13 @@ pub fn set_limit(device: &Path, project: u32, bytes: u64) -> Result<(), QuotaErr
         dqb_valid: nix::libc::QIF_BLIMITS,
     };
     let cmd = nix::libc::QCMD(nix::libc::Q_SETQUOTA, PRJQUOTA);
-    if quotactl(cmd, device, project as i32, (&mut q as *mut nix::libc::dqblk).cast()) != 0 {
+    if quotactl(
+        cmd,
+        device,
+        project as i32,
+        (&mut q as *mut nix::libc::dqblk).cast(),
+    ) != 0
+    {
         return Err(QuotaError::Limit {
             project,
             device: device.into(),
