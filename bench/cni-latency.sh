@@ -13,12 +13,11 @@
 # netns is never touched. A trap removes all of it on success, failure or signal.
 set -Eeuo pipefail
 
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() { log "FAIL: $*"; exit 1; }
-
 HERE=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 REF_DIR=${CNI_REF_DIR:-/usr/lib/cni}
+# shellcheck source=bench/common.sh
+source "$HERE/common.sh"
 MOAT_BIN="" REF_ONLY=0
 SAMPLES=30 PODS=1000 CONC=32 ROUNDS=3 JSON=""
 while (($#)); do
@@ -35,19 +34,8 @@ while (($#)); do
   esac
 done
 
-[[ $(id -u) -eq 0 ]] || die "needs root (network namespaces)"
-for t in ip python3 nft; do command -v "$t" >/dev/null || die "missing $t"; done
-for p in ptp host-local; do [[ -x $REF_DIR/$p ]] || die "$REF_DIR/$p missing (apt-get install containernetworking-plugins)"; done
-if ((!REF_ONLY)); then
-  if [[ -z $MOAT_BIN ]]; then
-    for c in ${MOAT_BIN_DIR:+"$MOAT_BIN_DIR/moat"} "$REPO/target/release/moat" "$REPO/target/debug/moat"; do
-      [[ -x $c ]] && { MOAT_BIN=$c; break; }
-    done
-  fi
-  [[ -n $MOAT_BIN && -x $MOAT_BIN ]] || die "moat binary not found (--moat-bin, MOAT_BIN_DIR, or cargo build --release -p moat-cni --bins); --ref-only measures the reference alone"
-  MOAT_BIN=$(readlink -f "$MOAT_BIN")
-  [[ $MOAT_BIN == */release/* ]] || log "note: $MOAT_BIN is not a release build"
-fi
+need_root_and_tools ip python3 nft
+((REF_ONLY)) || find_moat "--ref-only measures the reference alone"
 
 T=$(mktemp -d /tmp/moatbench.XXXXXX)
 TAG=moatbench-$$-

@@ -16,12 +16,11 @@
 # success, failure or signal.
 set -Eeuo pipefail
 
-log() { printf '[bench] %s\n' "$*" >&2; }
-die() { log "FAIL: $*"; exit 1; }
-
 HERE=$(cd "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")" && pwd)
 REPO=$(cd "$HERE/.." && pwd)
 REF_DIR=${CNI_REF_DIR:-/usr/lib/cni}
+# shellcheck source=bench/common.sh
+source "$HERE/common.sh"
 MOAT_BIN=""
 PODS=1000 REF_PODS="" ROUNDS=5 SECONDS_=5 STREAMS=1 JSON=""
 while (($#)); do
@@ -38,17 +37,8 @@ while (($#)); do
   esac
 done
 
-[[ $(id -u) -eq 0 ]] || die "needs root (network namespaces)"
-for t in ip python3 nft nsenter iperf3 ping; do command -v "$t" >/dev/null || die "missing $t"; done
-for p in ptp host-local; do [[ -x $REF_DIR/$p ]] || die "$REF_DIR/$p missing (apt-get install containernetworking-plugins)"; done
-if [[ -z $MOAT_BIN ]]; then
-  for c in ${MOAT_BIN_DIR:+"$MOAT_BIN_DIR/moat"} "$REPO/target/release/moat" "$REPO/target/debug/moat"; do
-    [[ -x $c ]] && { MOAT_BIN=$c; break; }
-  done
-fi
-[[ -n $MOAT_BIN && -x $MOAT_BIN ]] || die "moat binary not found (--moat-bin, MOAT_BIN_DIR, or cargo build --release -p moat-cni --bins)"
-MOAT_BIN=$(readlink -f "$MOAT_BIN")
-[[ $MOAT_BIN == */release/* ]] || log "note: $MOAT_BIN is not a release build"
+need_root_and_tools ip python3 nft nsenter iperf3 ping
+find_moat
 
 T=$(mktemp -d /tmp/moattput.XXXXXX)
 TAG=moattput-$$-

@@ -1,0 +1,29 @@
+# Sourced by the CNI benchmarks: logging, the root check and finding the plugins.
+# Expects REPO and REF_DIR set; sets MOAT_BIN (to an absolute path) unless empty
+# and not wanted.
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { log "FAIL: $*"; exit 1; }
+
+# need_root_and_tools TOOL... : root, the named programs and the reference plugins.
+need_root_and_tools() {
+  [[ $(id -u) -eq 0 ]] || die "needs root (network namespaces)"
+  local t p
+  for t in "$@"; do command -v "$t" >/dev/null || die "missing $t"; done
+  for p in ptp host-local; do
+    [[ -x $REF_DIR/$p ]] || die "$REF_DIR/$p missing (apt-get install containernetworking-plugins)"
+  done
+}
+
+# find_moat [HINT]: --moat-bin, then $MOAT_BIN_DIR/moat, target/release, target/debug.
+find_moat() {
+  local c
+  if [[ -z $MOAT_BIN ]]; then
+    for c in ${MOAT_BIN_DIR:+"$MOAT_BIN_DIR/moat"} "$REPO/target/release/moat" "$REPO/target/debug/moat"; do
+      [[ -x $c ]] && { MOAT_BIN=$c; break; }
+    done
+  fi
+  [[ -n $MOAT_BIN && -x $MOAT_BIN ]] || die "moat binary not found (--moat-bin, MOAT_BIN_DIR, or cargo build --release -p moat-cni --bins)${1:+; $1}"
+  MOAT_BIN=$(readlink -f "$MOAT_BIN")
+  [[ $MOAT_BIN == */release/* ]] || log "note: $MOAT_BIN is not a release build"
+}
