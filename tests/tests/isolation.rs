@@ -243,6 +243,50 @@ fn rule_count_does_not_grow_with_pods() {
     assert_eq!(rules(&node), before, "a rebuild makes the same rules");
 }
 
+/// A project's first pod makes its tenant chain in-process (netlink, no `nft`
+/// and no rebuild); what it makes must be what a full rebuild makes.
+#[test]
+fn a_new_projects_chain_matches_what_a_rebuild_makes() {
+    let node = Node::new(dual_stack_conf("1.1.0"));
+    let _first = attach(&node, &["a"]);
+    let mut pod = Pod::new("newcomer");
+    let out = node.add(&pod).ok();
+    pod.set_result(&out.json());
+    assert!(
+        !out.stderr.contains("rebuild"),
+        "first pod of a project rebuilt the table: {}",
+        out.stderr
+    );
+    let tenant = |n: &Node| {
+        let listing = n.nft_table().expect("table");
+        let objs = listing["nftables"].as_array().unwrap().clone();
+        let mut rules: Vec<String> = objs
+            .iter()
+            .filter_map(|o| o.get("rule"))
+            .filter(|r| r["chain"] == "tenant-newcomer")
+            .map(|r| r["expr"].to_string())
+            .collect();
+        rules.sort();
+        let sets: Vec<String> = objs
+            .iter()
+            .filter_map(|o| o.get("set"))
+            .filter(|s| s["name"].as_str().unwrap().starts_with("tenant-newcomer-"))
+            .map(|s| format!("{} {} {}", s["name"], s["type"], s["elem"]))
+            .collect();
+        (rules, sets)
+    };
+    let made = tenant(&node);
+    assert_eq!(made.0.len(), 2, "one rule per family: {made:?}");
+    assert_eq!(made.1.len(), 2, "one set per family: {made:?}");
+    assert!(made
+        .1
+        .iter()
+        .any(|s| s.contains(&pod.ip(false).to_string())));
+    node.cli(&["reconcile"]).ok();
+    assert_eq!(tenant(&node), made, "a rebuild makes the same chain");
+    node.del(&pod).ok();
+}
+
 fn moat_cni_rule_count(listing: &serde_json::Value) -> usize {
     listing["nftables"]
         .as_array()

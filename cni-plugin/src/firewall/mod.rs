@@ -112,13 +112,12 @@ impl Default for NftFirewall {
 
 impl Firewall for NftFirewall {
     fn apply(&mut self, what: &'static str, batch: &Batch) -> Result<(), FirewallError> {
-        if !batch.structural && !batch.elements.is_empty() {
-            return nfnl::apply(&batch.table, &batch.elements).map_err(|source| {
-                FirewallError::Elements {
-                    what,
-                    table: batch.table.clone(),
-                    source,
-                }
+        let in_process = !batch.elements.is_empty() || !batch.tenant_chains.is_empty();
+        if in_process && !batch.structural {
+            return nfnl::apply(batch).map_err(|source| FirewallError::Elements {
+                what,
+                table: batch.table.clone(),
+                source,
             });
         }
         let payload = batch.to_json().to_string();

@@ -72,22 +72,24 @@ impl NetlinkSocket {
     }
 
     /// A socket bound inside another netns. A netlink socket stays in the
-    /// namespace it was created in, so a short-lived thread enters the netns,
-    /// opens it and exits: the caller's own thread never changes namespace.
+    /// namespace it was created in, so this thread enters the netns just long
+    /// enough to open it and goes back (cheaper than a thread per ADD). If it
+    /// cannot go back, every later kernel call would hit the pod's namespace,
+    /// so the process aborts instead.
     pub fn open_in(netns: &Path) -> Result<Self, SocketError> {
         let ns_err = |source| SocketError::Netns {
             path: netns.display().to_string(),
             source,
         };
-        let file = File::open(netns).map_err(ns_err)?;
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                setns(&file, CloneFlags::CLONE_NEWNET).map_err(|e| ns_err(e.into()))?;
-                Self::open()
-            })
-            .join()
-            .expect("netns thread does not panic")
-        })
+        let target = File::open(netns).map_err(ns_err)?;
+        let home = File::open("/proc/thread-self/ns/net").map_err(ns_err)?;
+        setns(&target, CloneFlags::CLONE_NEWNET).map_err(|e| ns_err(e.into()))?;
+        let socket = Self::open();
+        if let Err(e) = setns(&home, CloneFlags::CLONE_NEWNET) {
+            tracing::error!(error = %e, "cannot return to the node's network namespace");
+            std::process::abort();
+        }
+        socket
     }
 
     /// Send one request and collect every reply message until the ack or dump end.

@@ -122,12 +122,23 @@ pub struct ElementOp {
     pub elems: Vec<Elem>,
 }
 
+/// A new tenant chain: the chain, one address set per family and a rule per
+/// family accepting packets to a member.
+pub struct NewTenantChain {
+    pub chain: String,
+    /// (set name, IPv4?) per family.
+    pub sets: Vec<(String, bool)>,
+}
+
 pub struct Batch {
     pub table: String,
     pub cmds: Vec<Value>,
     /// The element commands of `cmds`, typed.
     pub elements: Vec<ElementOp>,
-    /// Whether `cmds` has anything but element commands.
+    /// The new tenant chains of `cmds`, typed.
+    pub tenant_chains: Vec<NewTenantChain>,
+    /// Whether `cmds` has anything but elements and new tenant chains: only
+    /// such batches need the `nft` program.
     pub structural: bool,
 }
 
@@ -137,8 +148,28 @@ impl Batch {
             table: table.to_string(),
             cmds: Vec::new(),
             elements: Vec::new(),
+            tenant_chains: Vec::new(),
             structural: false,
         }
+    }
+
+    /// A tenant chain made for a project's first pod. Its commands are
+    /// recorded like any other, but the batch stays encodable in-process.
+    pub fn new_tenant_chain(&mut self, chain: &str) {
+        let structural = self.structural;
+        let mut sets = Vec::new();
+        self.add_chain(chain, None);
+        for f in FAMS {
+            let set = format!("{chain}-{}", f.suffix);
+            self.add_set(&set, json!(f.addr_type), &[], vec![]);
+            self.add_rule(chain, vec![in_set(f.daddr(), &set), verdict("accept")]);
+            sets.push((set, f.suffix == "4"));
+        }
+        self.structural = structural;
+        self.tenant_chains.push(NewTenantChain {
+            chain: chain.into(),
+            sets,
+        });
     }
 
     fn push(&mut self, verb: &str, kind: &str, mut body: Value) {

@@ -102,7 +102,9 @@ pub fn tenants_with_chains(
 
 /// Elements of one pod, added or deleted. On add, the pod's tenant chain is
 /// made unless it exists: remaking it would delete its rules, and a
-/// transaction that deletes costs the kernel a grace period.
+/// transaction that deletes costs the kernel a grace period. It is made
+/// exclusively: if it exists after all, the batch fails and the caller
+/// rebuilds the table.
 pub fn pod_change(
     spec: &TableSpec,
     policy: &Policy,
@@ -113,7 +115,7 @@ pub fn pod_change(
     let mut b = Batch::new(&spec.table);
     if add && !chain_exists {
         if let Role::Tenant(t) = policy.role(&pod.project) {
-            tenant_chain_cmds(&mut b, &t);
+            b.new_tenant_chain(&tenant_chain(&t));
         }
     }
     pod_elements(&mut b, policy, pod, add);
