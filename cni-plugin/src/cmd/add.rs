@@ -7,7 +7,10 @@ use super::isolation::pod_changed;
 use super::naming::{host_ifname, link_alias};
 use super::Ctx;
 use crate::firewall::Firewall;
-use crate::ipam::{allocate, AllocError, Attachment, AttachmentKey, IpStore};
+use crate::ipam::{allocate, allocate_probing, AllocError, Attachment, AttachmentKey, IpStore};
+
+/// Candidate addresses looked up one by one before listing them all.
+const PROBES: usize = 16;
 use crate::lock::StateLock;
 use crate::netlink::sysctl::enable_forwarding;
 use crate::netlink::wiring::{gateway_for, host_prefix, AttachOutcome};
@@ -61,12 +64,28 @@ fn reserve<S: IpStore, W: Wiring, F: Firewall>(
         ));
     }
     let store_err = |e: crate::ipam::StoreError| CniError::from_error(Code::Io, &e);
-    let taken = ctx.store.reserved().map_err(store_err)?;
     let last = (0..ctx.conf.ranges.len())
         .map(|i| ctx.store.last_reserved(i))
         .collect::<Result<Vec<_>, _>>()
         .map_err(store_err)?;
-    let ips = allocate(&ctx.conf.ranges, &taken, &last).map_err(|e| match e {
+    // After the cursor the next address is nearly always free: a few lookups
+    // instead of listing every reservation. A crowded range, or a lookup
+    // error, falls back to the list.
+    let mut budget = PROBES;
+    let store = &*ctx.store;
+    let probed = allocate_probing(&ctx.conf.ranges, &last, |ip| {
+        budget = budget.checked_sub(1)?;
+        store.is_reserved(ip).ok()
+    });
+    let allocated = match probed {
+        Some(r) => r,
+        None => allocate(
+            &ctx.conf.ranges,
+            &ctx.store.reserved().map_err(store_err)?,
+            &last,
+        ),
+    };
+    let ips = allocated.map_err(|e| match e {
         AllocError::Exhausted { .. } => CniError::from_error(Code::Exhausted, &e),
     })?;
     let record = Attachment {

@@ -20,20 +20,40 @@ pub fn allocate(
     taken: &HashSet<IpAddr>,
     last: &[Option<IpAddr>],
 ) -> Result<Vec<IpAddr>, AllocError> {
-    sets.iter()
-        .enumerate()
-        .map(|(i, set)| {
-            next_free(set, taken, last.get(i).copied().flatten()).ok_or_else(|| {
-                AllocError::Exhausted {
-                    set: i,
-                    first_subnet: set.ranges[0].subnet.to_string(),
-                }
-            })
-        })
-        .collect()
+    allocate_probing(sets, last, |ip| Some(taken.contains(&ip)))
+        .expect("a set lookup always answers")
 }
 
-fn next_free(set: &RangeSet, taken: &HashSet<IpAddr>, last: Option<IpAddr>) -> Option<IpAddr> {
+/// [`allocate`] asking `taken` about one candidate at a time, so a store can
+/// answer with a lookup instead of listing every reservation (which grows
+/// with the pods). `taken` returning `None` gives up: the result is then
+/// `None` and the caller falls back to the full list.
+pub fn allocate_probing(
+    sets: &[RangeSet],
+    last: &[Option<IpAddr>],
+    mut taken: impl FnMut(IpAddr) -> Option<bool>,
+) -> Option<Result<Vec<IpAddr>, AllocError>> {
+    let mut out = Vec::with_capacity(sets.len());
+    for (i, set) in sets.iter().enumerate() {
+        match next_free(set, &mut taken, last.get(i).copied().flatten())? {
+            Some(ip) => out.push(ip),
+            None => {
+                return Some(Err(AllocError::Exhausted {
+                    set: i,
+                    first_subnet: set.ranges[0].subnet.to_string(),
+                }))
+            }
+        }
+    }
+    Some(Ok(out))
+}
+
+/// `None`: the prober gave up; `Some(None)`: the set is full.
+fn next_free(
+    set: &RangeSet,
+    taken: &mut impl FnMut(IpAddr) -> Option<bool>,
+    last: Option<IpAddr>,
+) -> Option<Option<IpAddr>> {
     let n = set.ranges.len();
     // Start in the range holding `last`, just after it; otherwise at the first range.
     let (start_range, start_at) = last
@@ -58,14 +78,14 @@ fn next_free(set: &RangeSet, taken: &HashSet<IpAddr>, last: Option<IpAddr>) -> O
             let mut x = a;
             while x <= b {
                 let ip = from_u128(x, v6);
-                if ip != r.gateway && !taken.contains(&ip) {
-                    return Some(ip);
+                if ip != r.gateway && !taken(ip)? {
+                    return Some(Some(ip));
                 }
                 x += 1;
             }
         }
     }
-    None
+    Some(None)
 }
 
 fn in_bounds(r: &Range, ip: IpAddr) -> bool {
@@ -93,6 +113,26 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    #[test]
+    fn probing_agrees_with_the_full_list_and_can_give_up() {
+        let s = sets(json!([[{"subnet": "10.0.0.0/24"}]]));
+        let taken: HashSet<IpAddr> = ["10.0.0.6", "10.0.0.7"].iter().map(|a| ip(a)).collect();
+        let last = [Some(ip("10.0.0.5"))];
+        let mut asked = Vec::new();
+        let probed = allocate_probing(&s, &last, |a| {
+            asked.push(a);
+            Some(taken.contains(&a))
+        });
+        assert_eq!(probed, Some(allocate(&s, &taken, &last)));
+        assert_eq!(asked, [ip("10.0.0.6"), ip("10.0.0.7"), ip("10.0.0.8")]);
+        let mut budget = 2;
+        let gave_up = allocate_probing(&s, &last, |a| {
+            budget -= 1;
+            (budget >= 0).then(|| taken.contains(&a))
+        });
+        assert_eq!(gave_up, None);
     }
 
     #[test]

@@ -93,6 +93,15 @@ impl IpStore for DiskStore {
             .collect())
     }
 
+    fn is_reserved(&self, ip: IpAddr) -> Result<bool, StoreError> {
+        let p = self.ips.join(ip.to_string());
+        match fs::symlink_metadata(&p) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_err("check", &p)(e)),
+        }
+    }
+
     fn last_reserved(&self, set_index: usize) -> Result<Option<IpAddr>, StoreError> {
         let p = self.last.join(set_index.to_string());
         match fs::read_to_string(&p) {

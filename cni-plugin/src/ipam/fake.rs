@@ -22,6 +22,9 @@ impl IpStore for FakeStore {
     fn reserved(&self) -> Result<HashSet<IpAddr>, StoreError> {
         Ok(self.ips.keys().copied().collect())
     }
+    fn is_reserved(&self, ip: IpAddr) -> Result<bool, StoreError> {
+        Ok(self.ips.contains_key(&ip))
+    }
     fn last_reserved(&self, set_index: usize) -> Result<Option<IpAddr>, StoreError> {
         Ok(self.last.get(&set_index).copied())
     }

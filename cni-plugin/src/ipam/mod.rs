@@ -6,6 +6,6 @@ pub mod disk;
 pub mod fake;
 pub mod store;
 
-pub use allocator::{allocate, free_count, AllocError};
+pub use allocator::{allocate, allocate_probing, free_count, AllocError};
 pub use disk::DiskStore;
 pub use store::{Attachment, AttachmentKey, IpStore, StoreError};

@@ -59,6 +59,8 @@ pub trait IpStore {
     fn list(&self) -> Result<Vec<Attachment>, StoreError>;
     /// Every reserved address, including reservations whose record is gone.
     fn reserved(&self) -> Result<HashSet<IpAddr>, StoreError>;
+    /// Whether one address is reserved (a lookup, not a listing).
+    fn is_reserved(&self, ip: IpAddr) -> Result<bool, StoreError>;
     fn last_reserved(&self, set_index: usize) -> Result<Option<IpAddr>, StoreError>;
     /// Reserve the record's addresses and write the record, durably.
     fn put(&mut self, record: &Attachment) -> Result<(), StoreError>;

@@ -1,4 +1,4 @@
-//! Forwarding sysctls of the node's network namespace (the caller's).
+//! Sysctls of the node's network namespace (the caller's).
 
 use std::fs;
 use std::path::PathBuf;
@@ -29,4 +29,19 @@ pub fn enable_forwarding(ipv6: bool) -> Result<(), SysctlError> {
         ensure_one("/proc/sys/net/ipv6/conf/all/forwarding")?;
     }
     Ok(())
+}
+
+/// An IPv4-only host veth needs no IPv6 at all. Left on, bringing it up adds
+/// a link-local address and per-link routes that share one prefix with every
+/// other veth's, and the kernel's insertion walks them all: at 1000 pods that
+/// alone cost 1.1 ms of each ADD. A kernel without IPv6 has no such file.
+pub fn disable_ipv6(ifname: &str) -> Result<(), SysctlError> {
+    let path = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
+    match fs::write(&path, "1") {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(SysctlError {
+            path: path.into(),
+            source: e,
+        }),
+        _ => Ok(()),
+    }
 }

@@ -11,6 +11,7 @@ use netlink_packet_route::AddressFamily;
 
 use super::ops::{LinkInfoLite, VethRequest};
 use super::socket::{Flags, NetlinkSocket, SocketError};
+use super::sysctl::disable_ipv6;
 
 pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
@@ -76,6 +77,12 @@ pub enum WiringError {
     },
     #[error("{ifname} did not appear after creation")]
     Missing { ifname: String },
+    #[error("cannot configure {ifname}")]
+    Sysctl {
+        ifname: String,
+        #[source]
+        source: super::sysctl::SysctlError,
+    },
 }
 
 /// The kernel side of an attachment, narrow enough to fake in unit tests.
@@ -169,6 +176,12 @@ impl Wiring for KernelWiring {
         self.host
             .create_veth(&req)
             .map_err(step("create veth", host_if))?;
+        if plan.ips.iter().all(IpAddr::is_ipv4) {
+            disable_ipv6(host_if).map_err(|source| WiringError::Sysctl {
+                ifname: host_if.into(),
+                source,
+            })?;
+        }
         let host_link = self
             .host
             .link_by_name(host_if)
