@@ -3,8 +3,8 @@
 #
 # Usage: bench/cni-latency.sh [--moat-bin PATH | --ref-only] [--samples N] [--pods N]
 #                             [--concurrency N] [--rounds N] [--json FILE]
-#   moat is found via --moat-bin, $MOAT_BIN_DIR/moat, target/release/moat, then
-#   target/debug/moat (build it with `cargo build --release -p moat-cni --bins`).
+#   moat is found via --moat-bin, $MOAT_BIN_DIR/moat, the static build of
+#   scripts/build-plugin.sh (as it ships), target/release/moat, then target/debug/moat.
 #   CNI_REF_DIR (default /usr/lib/cni) holds ptp and host-local.
 #
 # Everything happens in namespaces this script makes and removes: one "node"

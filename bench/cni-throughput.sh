@@ -3,8 +3,9 @@
 #
 # Usage: bench/cni-throughput.sh [--moat-bin PATH] [--pods N] [--ref-pods N]
 #                                [--rounds N] [--seconds S] [--streams N] [--json FILE]
-#   moat is found via --moat-bin, $MOAT_BIN_DIR/moat, target/release/moat, then
-#   target/debug/moat. CNI_REF_DIR (default /usr/lib/cni) holds ptp and host-local.
+#   moat is found via --moat-bin, $MOAT_BIN_DIR/moat, the static build of
+#   scripts/build-plugin.sh (as it ships), target/release/moat, then target/debug/moat.
+#   CNI_REF_DIR (default /usr/lib/cni) holds ptp and host-local.
 #
 # moat runs with isolation on and N (1000) background pods in 100 projects in its
 # sets; the client and server pods share a project. The reference is ptp +

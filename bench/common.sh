@@ -15,15 +15,19 @@ need_root_and_tools() {
   done
 }
 
-# find_moat [HINT]: --moat-bin, then $MOAT_BIN_DIR/moat, target/release, target/debug.
+# find_moat [HINT]: --moat-bin, then $MOAT_BIN_DIR/moat, the shipped (static)
+# build of scripts/build-plugin.sh, target/release, target/debug.
 find_moat() {
-  local c
+  local c host
+  host=$(rustc -vV 2>/dev/null | sed -n 's/^host: //p')
   if [[ -z $MOAT_BIN ]]; then
-    for c in ${MOAT_BIN_DIR:+"$MOAT_BIN_DIR/moat"} "$REPO/target/release/moat" "$REPO/target/debug/moat"; do
+    for c in ${MOAT_BIN_DIR:+"$MOAT_BIN_DIR/moat"} ${host:+"$REPO/target/$host/release/moat"} \
+             "$REPO/target/release/moat" "$REPO/target/debug/moat"; do
       [[ -x $c ]] && { MOAT_BIN=$c; break; }
     done
   fi
-  [[ -n $MOAT_BIN && -x $MOAT_BIN ]] || die "moat binary not found (--moat-bin, MOAT_BIN_DIR, or cargo build --release -p moat-cni --bins)${1:+; $1}"
+  [[ -n $MOAT_BIN && -x $MOAT_BIN ]] || die "moat binary not found (--moat-bin, MOAT_BIN_DIR, or scripts/build-plugin.sh)${1:+; $1}"
   MOAT_BIN=$(readlink -f "$MOAT_BIN")
   [[ $MOAT_BIN == */release/* ]] || log "note: $MOAT_BIN is not a release build"
+  log "moat: $MOAT_BIN ($(file -b "$MOAT_BIN" 2>/dev/null | grep -o 'static-pie linked\|statically linked\|dynamically linked' || echo '?'))"
 }
