@@ -129,6 +129,25 @@ def exec_floor(samples):
     return times
 
 
+def timed(argv):
+    t0 = time.perf_counter_ns()
+    subprocess.run(argv, check=True, capture_output=True)
+    return time.perf_counter_ns() - t0
+
+
+def veth_delete_floor(samples, node_netns):
+    """What the kernel alone takes to delete a veth pair (every DEL deletes
+    one): `ip link del` minus an `ip` run that makes one netlink round trip."""
+    enter_netns(node_netns)
+    dels, base = [], []
+    for i in range(samples):
+        subprocess.run(["ip", "link", "add", "vfloor0", "type", "veth", "peer", "name", "vfloor1"],
+                       check=True, capture_output=True)
+        dels.append(timed(["ip", "link", "del", "vfloor0"]))
+        base.append(timed(["ip", "link", "show", "dev", "lo"]))
+    return median_ms(dels) - median_ms(base)
+
+
 def add_del_cycles(plugins, netns_by_plugin, samples, base_index):
     """samples x (ADD then DEL) per plugin, plugin order alternating per round."""
     res = {p.label: {"add": [], "del": []} for p in plugins}
@@ -260,6 +279,7 @@ def main():
     say("warm-up")
     add_del_cycles(plugins, samples, min(3, S), 900000)
     floor = exec_floor(S)
+    veth_del = veth_delete_floor(S, plugins[0].node_netns)
 
     say(f"ADD/DEL with 0 pods attached: {S} rounds")
     at0 = add_del_cycles(plugins, samples, S, 0)
@@ -308,7 +328,8 @@ def main():
     ]
     print()
     print(f"CNI latency, medians in ms ({S} samples per cell; {a.rounds} bursts of {C}; "
-          f"exec floor /bin/true = {fl:.2f} ms)")
+          f"exec floor /bin/true = {fl:.2f} ms;\n  the kernel's veth-pair delete alone = "
+          f"{veth_del:.2f} ms, {veth_del / med['ref']['del0']:.2f} x ref DEL)")
     print(f"{'':34}{'moat':>10}{'ptp+host-local':>16}{'moat/ref':>10}")
     for title, key in rows:
         m = med["moat"][key] if has_moat else float("nan")
@@ -332,7 +353,7 @@ def main():
         print("moat not measured (reference only)")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"samples": S, "pods": P, "concurrency": C, "exec_floor_ms": fl,
+            json.dump({"samples": S, "pods": P, "concurrency": C, "exec_floor_ms": fl, "veth_delete_ms": veth_del,
                        "medians_ms": med}, f, indent=2)
 
 
