@@ -166,9 +166,13 @@ impl IpStore for DiskStore {
             return Ok(None);
         };
         let owner = key.file_stem();
-        // Only drop reservations this attachment still owns.
+        // Only drop reservations this attachment still owns; an empty owner is
+        // this record's own reservation, cut short by a crash (see `reserve`).
         for ip in &record.ips {
-            if self.ip_owner(ip).as_deref() == Some(owner.as_str()) {
+            if self
+                .ip_owner(ip)
+                .is_some_and(|o| o == owner || o.is_empty())
+            {
                 let p = self.ips.join(ip.to_string());
                 fs::remove_file(&p)
                     .or_else(ignore_missing)
@@ -215,7 +219,8 @@ const CURSOR_WIDTH: usize = 39;
 
 /// A reservation file is created, never replaced: the allocator chose a free
 /// address under the lock. A crash before the owner is written leaves an
-/// empty owner, which GC releases like any orphan.
+/// empty owner: the record (written first) lists the address, so DEL
+/// releases it, and GC releases it like any orphan.
 fn reserve(path: &Path, owner: &[u8]) -> Result<(), StoreError> {
     let mut f = fs::OpenOptions::new()
         .write(true)
@@ -279,6 +284,13 @@ mod tests {
             .unwrap();
         s.set_last_reserved(0, "10.0.0.9".parse().unwrap()).unwrap();
         assert_eq!(s.last_reserved(0).unwrap().unwrap().to_string(), "10.0.0.9");
+        // A crash between creating a reservation and writing its owner: DEL
+        // still releases it.
+        let torn = record("c2", &["10.0.0.3"]);
+        s.put(&torn).unwrap();
+        fs::write(dir.join("ips/10.0.0.3"), "").unwrap();
+        s.remove(&torn.key).unwrap();
+        assert!(!s.is_reserved("10.0.0.3".parse().unwrap()).unwrap());
         // A crash between reservation and record leaves an orphan reservation.
         fs::write(dir.join("ips/10.0.0.9"), "gone:eth0").unwrap();
         assert_eq!(
