@@ -184,6 +184,14 @@ fn member_elements(b: &mut Batch, policy: &Policy, project: &Project, ip: IpAddr
     }
 }
 
+/// The family test first: every packet crosses these rules, and a packet of
+/// the other family then stops at a compare instead of an interface-name
+/// lookup (nft would put its own family test after the lookup).
+fn nfproto(f: Fam) -> Value {
+    let name = if f.suffix == "4" { "ipv4" } else { "ipv6" };
+    matches(meta("nfproto"), "==", json!(name))
+}
+
 fn base_chains(b: &mut Batch, spec: &TableSpec) {
     // Anti-spoofing before conntrack and DNAT: a pod's packets must carry its own address.
     b.add_chain("prerouting", Some(("filter", "prerouting", PRIO_RAW)));
@@ -194,6 +202,7 @@ fn base_chains(b: &mut Batch, spec: &TableSpec) {
         b.add_rule(
             "prerouting",
             vec![
+                nfproto(FAMS[1]),
                 in_set(meta("iifname"), "podif"),
                 matches(
                     FAMS[1].saddr(),
@@ -208,6 +217,7 @@ fn base_chains(b: &mut Batch, spec: &TableSpec) {
         b.add_rule(
             "prerouting",
             vec![
+                nfproto(f),
                 in_set(meta("iifname"), "podif"),
                 not_in_set(concat(vec![meta("iifname"), f.saddr()]), &f.name("podsrc")),
                 counter(),
