@@ -1,0 +1,170 @@
+//! The driver killed or restarted: volumes, publications and mounts stay
+//! consistent (SIGTERM restarts, SIGKILL at crash points and at random).
+
+use moat_csi_proto as csi;
+use moat_e2e::csi::{create_req, mount_cap, write_in, Cluster, Mode, MIB};
+use nix::sys::signal::Signal;
+use tonic::Code;
+
+fn is_mounted(path: &str) -> bool {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(path))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_keeps_volumes_and_publications() {
+    let mut c = Cluster::new(&["n1"]);
+    let cap = mount_cap(Mode::SingleNodeSingleWriter, "ext4");
+    let id = c.create("pvc-restart", 64 * MIB, cap.clone(), "shop").await;
+    let target = c
+        .attach(0, &id, cap.clone(), false, "shop", "pod")
+        .await
+        .unwrap();
+    write_in(&target, "kept", "yes").unwrap();
+    c.controller.stop(Signal::SIGTERM);
+    c.nodes[0].stop(Signal::SIGTERM);
+    c.start(None);
+    c.start(Some(0));
+    let list = c
+        .ctrl()
+        .await
+        .list_volumes(csi::ListVolumesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(list.entries.len(), 1);
+    assert_eq!(
+        list.entries[0].status.as_ref().unwrap().published_node_ids,
+        ["n1"]
+    );
+    assert!(is_mounted(&target));
+    assert_eq!(
+        std::fs::read_to_string(format!("{target}/kept")).unwrap(),
+        "yes"
+    );
+    // The publication is still known: RWOP still refuses a second target.
+    let e = c
+        .node_attach(0, &id, cap, false, "shop", "other")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::FailedPrecondition);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_during_create_or_publish_then_restart_is_consistent() {
+    let mut c = Cluster::new(&["n1"]);
+    let cap = mount_cap(Mode::SingleNodeSingleWriter, "ext4");
+    c.controller.stop(Signal::SIGTERM);
+    c.controller
+        .set_env("MOAT_CSI_CRASH_AT", Some("create-after-data"));
+    c.start(None);
+    let req = create_req("pvc-crash", 64 * MIB, cap.clone(), "shop");
+    assert!(
+        c.ctrl().await.create_volume(req.clone()).await.is_err(),
+        "the driver died mid-create"
+    );
+    assert!(!c.controller.wait_exit().success());
+    c.controller.set_env("MOAT_CSI_CRASH_AT", None);
+    c.start(None);
+    let mut ctrl = c.ctrl().await;
+    let list = ctrl
+        .list_volumes(csi::ListVolumesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        list.entries.is_empty(),
+        "the half-made volume was rolled back"
+    );
+    let leftovers = std::fs::read_dir(c.pool.join("volumes")).unwrap().count();
+    assert_eq!(leftovers, 0, "no orphan image");
+    let id = ctrl
+        .create_volume(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap()
+        .volume_id;
+
+    c.nodes[0].stop(Signal::SIGTERM);
+    c.nodes[0].set_env("MOAT_CSI_CRASH_AT", Some("publish-after-mount"));
+    c.start(Some(0));
+    assert!(c
+        .attach(0, &id, cap.clone(), false, "shop", "pod")
+        .await
+        .is_err());
+    assert!(!c.nodes[0].wait_exit().success());
+    c.nodes[0].set_env("MOAT_CSI_CRASH_AT", None);
+    c.start(Some(0));
+    let target = c.path(0, "pod");
+    assert!(
+        is_mounted(&target),
+        "the mount made before the crash is there"
+    );
+    let e = c
+        .node_attach(0, &id, cap, false, "shop", "second")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.code(),
+        Code::FailedPrecondition,
+        "and it is known after restart"
+    );
+    let unpub = csi::NodeUnpublishVolumeRequest {
+        volume_id: id.clone(),
+        target_path: target.clone(),
+    };
+    c.node(0).await.node_unpublish_volume(unpub).await.unwrap();
+    assert!(!is_mounted(&target), "no orphan mount once unpublished");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_at_random_moments_during_creates_loses_nothing() {
+    let mut c = Cluster::new(&[]);
+    let cap = mount_cap(Mode::SingleNodeWriter, "ext4");
+    for round in 0..5u64 {
+        let names: Vec<String> = (0..4).map(|i| format!("pvc-kill-{round}-{i}")).collect();
+        let mut ctrl = c.ctrl().await;
+        let creates = names.iter().map(|n| {
+            let mut ctrl = ctrl.clone();
+            let req = create_req(n, 32 * MIB, cap.clone(), "shop");
+            tokio::spawn(async move { ctrl.create_volume(req).await })
+        });
+        let handles: Vec<_> = creates.collect();
+        tokio::time::sleep(std::time::Duration::from_millis(5 + round * 7)).await;
+        c.controller.stop(Signal::SIGKILL);
+        for h in handles {
+            let _ = h.await;
+        }
+        c.start(None);
+        ctrl = c.ctrl().await;
+        let listed = ctrl
+            .list_volumes(csi::ListVolumesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .entries;
+        for e in &listed {
+            let id = &e.volume.as_ref().unwrap().volume_id;
+            assert!(
+                c.pool.join(format!("volumes/{id}.img")).exists(),
+                "listed volume {id} has its bytes"
+            );
+        }
+        let images = std::fs::read_dir(c.pool.join("volumes")).unwrap().count();
+        assert_eq!(
+            images,
+            listed.len(),
+            "no image without a volume (round {round})"
+        );
+        for n in &names {
+            // A retried create (what the provisioner does) always succeeds.
+            ctrl.create_volume(create_req(n, 32 * MIB, cap.clone(), "shop"))
+                .await
+                .unwrap();
+        }
+    }
+}
