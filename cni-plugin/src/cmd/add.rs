@@ -8,9 +8,6 @@ use super::naming::{host_ifname, link_alias};
 use super::Ctx;
 use crate::firewall::Firewall;
 use crate::ipam::{allocate, allocate_probing, AllocError, Attachment, AttachmentKey, IpStore};
-
-/// Candidate addresses looked up one by one before listing them all.
-const PROBES: usize = 16;
 use crate::lock::StateLock;
 use crate::netlink::sysctl::enable_forwarding;
 use crate::netlink::wiring::{gateway_for, host_prefix, AttachOutcome};
@@ -18,6 +15,9 @@ use crate::netlink::{AttachPlan, Wiring};
 use crate::policy::Project;
 use crate::spec::result::{CniResult, Interface, IpConfig, RouteConfig};
 use crate::spec::{CniError, Code};
+
+/// Candidate addresses looked up one by one before listing them all.
+const PROBES: usize = 16;
 
 pub(super) fn add<S: IpStore, W: Wiring, F: Firewall>(
     ctx: &mut Ctx<S, W, F>,

@@ -153,8 +153,9 @@ impl Batch {
         }
     }
 
-    /// A tenant chain made for a project's first pod. Its commands are
-    /// recorded like any other, but the batch stays encodable in-process.
+    /// A tenant chain: in a rebuild, or for a project's first pod on the
+    /// node. Its commands are recorded like any other, but on its own it
+    /// leaves the batch encodable in-process.
     pub fn new_tenant_chain(&mut self, chain: &str) {
         let structural = self.structural;
         let mut sets = Vec::new();
@@ -220,10 +221,6 @@ impl Batch {
             body["policy"] = json!("accept");
         }
         self.push("add", "chain", body);
-    }
-
-    pub fn flush_chain(&mut self, name: &str) {
-        self.push("flush", "chain", json!({"name": name}));
     }
 
     pub fn add_rule(&mut self, chain: &str, expr: Vec<Value>) {

@@ -65,7 +65,7 @@ pub fn full(spec: &TableSpec, policy: &Policy, pods: &[PodEntry], peers: &[Peer]
     for pod in pods {
         if let Role::Tenant(t) = policy.role(&pod.project) {
             if tenants.insert(t.clone()) {
-                tenant_chain_cmds(&mut b, &t);
+                b.new_tenant_chain(&tenant_chain(&t));
             }
         }
         pod_elements(&mut b, policy, pod, true);
@@ -74,7 +74,7 @@ pub fn full(spec: &TableSpec, policy: &Policy, pods: &[PodEntry], peers: &[Peer]
     for peer in peers.iter().filter(|p| !local.contains(&p.ip)) {
         if let Role::Tenant(t) = policy.role(&peer.project) {
             if tenants.insert(t.clone()) {
-                tenant_chain_cmds(&mut b, &t);
+                b.new_tenant_chain(&tenant_chain(&t));
             }
         }
         member_elements(&mut b, policy, &peer.project, peer.ip, true);
@@ -141,17 +141,6 @@ fn declare_family_sets(b: &mut Batch, spec: &TableSpec, f: Fam) {
         vec![],
     );
     b.add_verdict_map(&f.name("tenant"), f.addr_type, vec![]);
-}
-
-fn tenant_chain_cmds(b: &mut Batch, t: &Project) {
-    let chain = tenant_chain(t);
-    b.add_chain(&chain, None);
-    b.flush_chain(&chain);
-    for f in FAMS {
-        let set = format!("{chain}-{}", f.suffix);
-        b.add_set(&set, json!(f.addr_type), &[], vec![]);
-        b.add_rule(&chain, vec![in_set(f.daddr(), &set), verdict("accept")]);
-    }
 }
 
 fn pod_elements(b: &mut Batch, policy: &Policy, pod: &PodEntry, add: bool) {
