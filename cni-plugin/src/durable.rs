@@ -42,6 +42,20 @@ fn write_temp_and_rename(dir: &Path, name: &str, bytes: &[u8], sync: bool) -> io
     })
 }
 
+/// Open `path` with `opts`, creating its directory only when the open says
+/// it is missing: on the hot path that is one syscall instead of three.
+pub fn open_creating_dir(opts: &OpenOptions, path: &Path) -> io::Result<File> {
+    match opts.open(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            if let Some(dir) = path.parent() {
+                fs::create_dir_all(dir)?;
+            }
+            opts.open(path)
+        }
+        r => r,
+    }
+}
+
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }

@@ -1,10 +1,12 @@
 //! One exclusive file lock per network: serialises IPAM and firewall updates
 //! across the many plugin processes a runtime starts in parallel.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
+
+use crate::durable::open_creating_dir;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -30,15 +32,9 @@ pub struct StateLock {
 impl StateLock {
     pub fn acquire(state_dir: &Path) -> Result<Self, LockError> {
         let path = state_dir.join("lock");
-        let open = || {
-            fs::create_dir_all(state_dir)?;
-            OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .write(true)
-                .open(&path)
-        };
-        let file = open().map_err(|source| LockError::Open {
+        let mut opts = OpenOptions::new();
+        opts.create(true).truncate(false).write(true);
+        let file = open_creating_dir(&opts, &path).map_err(|source| LockError::Open {
             path: path.clone(),
             source,
         })?;

@@ -3,6 +3,8 @@
 use std::fs::OpenOptions;
 use std::path::Path;
 
+use crate::durable::open_creating_dir;
+
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
 use tracing_subscriber::layer::SubscriberExt;
@@ -25,12 +27,8 @@ fn filter(level: &str) -> Filter {
 }
 
 pub fn init(log_file: Option<&Path>, level: &str) {
-    let file = log_file.and_then(|p| {
-        if let Some(dir) = p.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        OpenOptions::new().create(true).append(true).open(p).ok()
-    });
+    let file = log_file
+        .and_then(|p| open_creating_dir(OpenOptions::new().create(true).append(true), p).ok());
     let writer = match file {
         Some(f) => BoxMakeWriter::new(std::io::stderr.and(std::sync::Mutex::new(f))),
         None => BoxMakeWriter::new(std::io::stderr),

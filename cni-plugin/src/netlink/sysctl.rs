@@ -1,6 +1,7 @@
 //! Sysctls of the node's network namespace (the caller's).
 
 use std::fs;
+use std::io::Read;
 use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
@@ -11,9 +12,14 @@ pub struct SysctlError {
     source: std::io::Error,
 }
 
-/// Write `1` unless already set: the read is cheaper than the write on the hot path.
+/// Write `1` unless already set: the read is cheaper than the write on the
+/// hot path, and one `read` of a few bytes is all a flag file needs.
 fn ensure_one(path: &str) -> Result<(), SysctlError> {
-    if fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+    let mut buf = [0u8; 4];
+    let set = fs::File::open(path)
+        .and_then(|mut f| f.read(&mut buf))
+        .is_ok_and(|n| buf[..n].trim_ascii() == b"1");
+    if set {
         return Ok(());
     }
     fs::write(path, "1").map_err(|source| SysctlError {
