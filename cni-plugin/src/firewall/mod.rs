@@ -59,6 +59,8 @@ pub trait Firewall {
 
 pub struct NftFirewall {
     program: PathBuf,
+    /// Opened on first use and kept: see [`nfnl::Conn`].
+    nfnl: Option<nfnl::Conn>,
 }
 
 impl NftFirewall {
@@ -74,7 +76,10 @@ impl NftFirewall {
         .map(PathBuf::from)
         .find(|p| p.exists())
         .unwrap_or_else(|| PathBuf::from("nft"));
-        Self { program }
+        Self {
+            program,
+            nfnl: None,
+        }
     }
 
     fn list(
@@ -114,11 +119,16 @@ impl Firewall for NftFirewall {
     fn apply(&mut self, what: &'static str, batch: &Batch) -> Result<(), FirewallError> {
         let in_process = !batch.elements.is_empty() || !batch.tenant_chains.is_empty();
         if in_process && !batch.structural {
-            return nfnl::apply(batch).map_err(|source| FirewallError::Elements {
+            let err = |source| FirewallError::Elements {
                 what,
                 table: batch.table.clone(),
                 source,
-            });
+            };
+            if self.nfnl.is_none() {
+                self.nfnl = Some(nfnl::Conn::open().map_err(err)?);
+            }
+            let conn = self.nfnl.as_mut().expect("opened above");
+            return conn.apply(batch).map_err(err);
         }
         let payload = batch.to_json().to_string();
         nftables::helper::apply_ruleset_raw(

@@ -228,30 +228,50 @@ fn encode(msgs: &[Msg], seq: u32) -> Vec<u8> {
     out
 }
 
-/// Apply a pod batch (elements and new tenant chains) to `inet <table>` in
-/// one transaction.
-pub fn apply(batch: &Batch) -> Result<(), NfnlError> {
-    let msgs = messages(&batch.table, batch);
-    if msgs.is_empty() {
-        return Ok(());
+/// A netfilter netlink socket, kept until the process ends. Closing one runs
+/// nf_tables' release hook, which waits for the last transaction's deferred
+/// cleanup, i.e. an RCU grace period (10 ms measured during a DEL). Closed
+/// after the state lock is released, at exit, that wait is off the critical
+/// path and concurrent ADDs and DELs no longer queue behind it.
+pub struct Conn {
+    socket: Socket,
+    seq: u32,
+}
+
+impl Conn {
+    pub fn open() -> Result<Self, NfnlError> {
+        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(NfnlError::Socket)?;
+        socket.bind_auto().map_err(NfnlError::Socket)?;
+        socket
+            .connect(&SocketAddr::new(0, 0))
+            .map_err(NfnlError::Socket)?;
+        socket.set_rx_buf_sz(1 << 20).map_err(NfnlError::Socket)?;
+        set_timeout(&socket, Duration::from_secs(5))?;
+        Ok(Self {
+            socket,
+            seq: std::process::id().wrapping_mul(1 << 8),
+        })
     }
-    let mut socket = Socket::new(NETLINK_NETFILTER).map_err(NfnlError::Socket)?;
-    socket.bind_auto().map_err(NfnlError::Socket)?;
-    socket
-        .connect(&SocketAddr::new(0, 0))
-        .map_err(NfnlError::Socket)?;
-    socket.set_rx_buf_sz(1 << 20).map_err(NfnlError::Socket)?;
-    let seq = std::process::id().wrapping_mul(1 << 8);
-    socket
-        .send(&encode(&msgs, seq), 0)
-        .map_err(NfnlError::Socket)?;
-    await_acks(&socket, &msgs, seq)
+
+    /// Apply a pod batch (elements and new tenant chains) to `inet <table>`
+    /// in one transaction.
+    pub fn apply(&mut self, batch: &Batch) -> Result<(), NfnlError> {
+        let msgs = messages(&batch.table, batch);
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        let seq = self.seq;
+        self.seq = seq.wrapping_add(msgs.len() as u32 + 2);
+        self.socket
+            .send(&encode(&msgs, seq), 0)
+            .map_err(NfnlError::Socket)?;
+        await_acks(&self.socket, &msgs, seq)
+    }
 }
 
 /// Every message asked for an ack; the kernel sends an error for the
 /// message that failed (and aborts the whole batch) or an ack for each.
 fn await_acks(socket: &Socket, msgs: &[Msg], seq: u32) -> Result<(), NfnlError> {
-    set_timeout(socket, Duration::from_secs(5))?;
     let mut acked = 0;
     let mut buf = vec![0u8; 1 << 16];
     while acked < msgs.len() {
@@ -268,7 +288,10 @@ fn await_acks(socket: &Socket, msgs: &[Msg], seq: u32) -> Result<(), NfnlError> 
             let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
             let ty = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap());
             let msg_seq = u32::from_ne_bytes(buf[off + 8..off + 12].try_into().unwrap());
-            if ty == NLMSG_ERROR && off + 20 <= n {
+            // A batch that failed earlier on this socket may have left acks
+            // behind: only this batch's sequence numbers count.
+            let ours = msg_seq.wrapping_sub(seq + 1) < msgs.len() as u32;
+            if ty == NLMSG_ERROR && off + 20 <= n && ours {
                 let errno = i32::from_ne_bytes(buf[off + 16..off + 20].try_into().unwrap());
                 if errno != 0 {
                     let m = msgs.get(msg_seq.wrapping_sub(seq + 1) as usize);
