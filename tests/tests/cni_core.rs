@@ -254,7 +254,7 @@ fn wait_until(f: impl Fn() -> bool, what: &str) {
 #[test]
 fn bad_input_gets_the_spec_codes() {
     let node = Node::new(dual_stack_conf("1.0.0"));
-    let pod = Pod::new("a");
+    let mut pod = Pod::new("a");
     let mut c = node.command(&pod.call("ADD"));
     c.env_remove("CNI_COMMAND");
     let out = node_output(c, &node.conf.to_string());
@@ -280,8 +280,13 @@ fn bad_input_gets_the_spec_codes() {
     let mut missing = pod.call("ADD");
     missing.netns = None;
     assert_eq!(node.call(&missing).code(), 4, "ADD without CNI_NETNS");
-    node.add(&pod).ok();
+    let first = node.add(&pod).ok();
+    pod.set_result(&first.json());
     assert_eq!(node.add(&pod).code(), 101, "second ADD without DEL");
+    // The refused ADD left the first one's veth, addresses and routes alone.
+    let mut check = node.conf.clone();
+    check["prevResult"] = pod.result.clone();
+    node.call_with(&pod.call("CHECK"), &check).ok();
     let version = node
         .call(&Call {
             command: "VERSION",

@@ -101,6 +101,24 @@ fn failed_add_rolls_back_addresses_links_and_firewall() {
     );
 }
 
+/// The veth is made while the addresses are reserved: a refused ADD removes
+/// the one it made, never the one of the attachment it was refused for.
+#[test]
+fn refused_adds_leave_only_live_veths() {
+    let conf = conf(json!({}));
+    let mut w = World::default();
+    w.run(&conf, &inv("ADD", "c1")).unwrap();
+    let err = w.run(&conf, &inv("ADD", "c1")).unwrap_err();
+    assert_eq!(err.code, Code::AlreadyAttached);
+    assert_eq!(w.wiring.links.len(), 1, "c1's veth kept");
+    for cid in ["c2", "c3", "c4", "c5"] {
+        w.run(&conf, &inv("ADD", cid)).unwrap();
+    }
+    let err = w.run(&conf, &inv("ADD", "c6")).unwrap_err();
+    assert_eq!(err.code, Code::Exhausted);
+    assert_eq!(w.wiring.links.len(), 5, "the exhausted ADD's veth removed");
+}
+
 #[test]
 fn add_programs_the_pod_before_wiring_it() {
     let conf = conf(json!({}));

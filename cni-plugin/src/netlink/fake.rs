@@ -3,19 +3,32 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::wiring::{AttachOutcome, AttachPlan, Observed, Wiring, WiringError};
+use super::wiring::{AttachOutcome, AttachPlan, HostPlan, Observed, Wiring, WiringError};
 
 #[derive(Debug, Default)]
 pub struct FakeWiring {
     /// host ifname → plan
-    pub links: BTreeMap<String, AttachPlan>,
+    pub links: BTreeMap<String, HostPlan>,
     /// Fail the next attach after "creating" the veth, as a kernel error would.
     pub fail_attach: bool,
 }
 
 impl Wiring for FakeWiring {
-    fn attach(&mut self, plan: &AttachPlan) -> Result<AttachOutcome, WiringError> {
+    fn create_host(&mut self, plan: &HostPlan) -> Result<u32, WiringError> {
+        // The kernel refuses a second link of the same name (EEXIST).
+        if self.links.contains_key(&plan.host_ifname) {
+            return Err(WiringError::Missing {
+                ifname: format!("{} (exists)", plan.host_ifname),
+            });
+        }
         self.links.insert(plan.host_ifname.clone(), plan.clone());
+        Ok(self.links.len() as u32)
+    }
+    fn attach(
+        &mut self,
+        plan: &AttachPlan,
+        _host_index: u32,
+    ) -> Result<AttachOutcome, WiringError> {
         if self.fail_attach {
             return Err(WiringError::Missing {
                 ifname: plan.ifname.clone(),
