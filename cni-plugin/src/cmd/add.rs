@@ -11,10 +11,10 @@ use crate::ipam::{allocate, allocate_probing, AllocError, Attachment, Attachment
 use crate::lock::StateLock;
 use crate::netlink::sysctl::enable_forwarding;
 use crate::netlink::wiring::{gateway_for, host_prefix, AttachOutcome};
-use crate::netlink::{AttachPlan, HostPlan, Wiring};
+use crate::netlink::{AttachPlan, Wiring};
 use crate::policy::Project;
 use crate::spec::result::{CniResult, Interface, IpConfig, RouteConfig};
-use crate::spec::{CniError, Code, Invocation, NetConf};
+use crate::spec::{CniError, Code};
 
 /// Candidate addresses looked up one by one before listing them all.
 const PROBES: usize = 16;
@@ -22,32 +22,10 @@ const PROBES: usize = 16;
 pub(super) fn add<S: IpStore, W: Wiring, F: Firewall>(
     ctx: &mut Ctx<S, W, F>,
 ) -> Result<Value, CniError> {
-    ctx.conf.require_ranges()?;
-    let project = project_of(ctx.conf, ctx.inv)?;
-    let key = AttachmentKey::new(&ctx.inv.container_id, &ctx.inv.ifname);
-    let host = HostPlan {
-        host_ifname: host_ifname(&key),
-        ifname: key.ifname.clone(),
-        netns: ctx.inv.netns.clone().expect("ADD validated CNI_NETNS"),
-        mtu: ctx.conf.mtu,
-        alias: link_alias(&ctx.conf.name, &key),
-        ipv4_only: !ctx.conf.has_ipv6(),
-    };
-    let (made, reserved) = make_host_while_reserving(ctx, &host, key, project);
-    let record = match reserved {
-        Ok(r) => r,
-        Err(e) => {
-            // Ours only if we made it: an existing veth of that name belongs
-            // to the attachment a duplicate ADD was refused for.
-            if made.is_ok() {
-                let _ = ctx.wiring.detach(&host.host_ifname);
-            }
-            return Err(e);
-        }
-    };
+    let record = reserve(ctx)?;
     info!(container_id = %record.key.container_id, ifname = %record.key.ifname,
           project = %record.project, ips = ?record.ips, "reserved");
-    let outcome = match made.and_then(|index| wire(ctx, &record, index)) {
+    let outcome = match wire(ctx, &record) {
         Ok(o) => o,
         Err(e) => {
             rollback(ctx, &record);
@@ -61,46 +39,18 @@ pub(super) fn add<S: IpStore, W: Wiring, F: Firewall>(
     Ok(build_result(ctx, &record, &outcome).to_json(ctx.conf.version))
 }
 
-/// The veth needs no address, and making it and reserving (IPAM files, the
-/// nf_tables transaction) each mostly wait on the kernel: side by side. The
-/// pod end stays down until it is addressed after both, so the firewall
-/// still knows the pod before its first packet.
-fn make_host_while_reserving<S: IpStore, W: Wiring, F: Firewall>(
-    ctx: &mut Ctx<S, W, F>,
-    host: &HostPlan,
-    key: AttachmentKey,
-    project: Project,
-) -> (Result<u32, CniError>, Result<Attachment, CniError>) {
-    let (conf, inv) = (ctx.conf, ctx.inv);
-    let (store, firewall, wiring) = (&mut *ctx.store, &mut *ctx.firewall, &mut *ctx.wiring);
-    let (made, reserved) = std::thread::scope(|s| {
-        let made = s.spawn(|| {
-            enable_forwarding(conf.has_ipv6())
-                .map_err(|e| CniError::from_error(Code::Kernel, &e))?;
-            wiring
-                .create_host(host)
-                .map_err(|e| CniError::from_error(Code::Kernel, &e))
-        });
-        let reserved = reserve(conf, inv, store, firewall, key, project);
-        (made.join(), reserved)
-    });
-    let made = made.unwrap_or_else(|_| Err(CniError::new(Code::Kernel, "veth creation panicked")));
-    (made, reserved)
-}
-
 /// Under the lock: refuse a duplicate, allocate, and persist the record before
 /// any kernel change, so a crash from here on leaves something DEL/GC can undo.
-fn reserve<S: IpStore, F: Firewall>(
-    conf: &NetConf,
-    inv: &Invocation,
-    store: &mut S,
-    firewall: &mut F,
-    key: AttachmentKey,
-    project: Project,
+fn reserve<S: IpStore, W: Wiring, F: Firewall>(
+    ctx: &mut Ctx<S, W, F>,
 ) -> Result<Attachment, CniError> {
-    let _lock =
-        StateLock::acquire(&conf.state_dir()).map_err(|e| CniError::from_error(Code::Io, &e))?;
-    if store
+    let key = AttachmentKey::new(&ctx.inv.container_id, &ctx.inv.ifname);
+    ctx.conf.require_ranges()?;
+    let project = project_of(ctx)?;
+    let _lock = StateLock::acquire(&ctx.conf.state_dir())
+        .map_err(|e| CniError::from_error(Code::Io, &e))?;
+    if ctx
+        .store
         .get(&key)
         .map_err(|e| CniError::from_error(Code::Io, &e))?
         .is_some()
@@ -109,27 +59,31 @@ fn reserve<S: IpStore, F: Firewall>(
             Code::AlreadyAttached,
             format!(
                 "container {} already has {} on network {}",
-                key.container_id, key.ifname, conf.name
+                key.container_id, key.ifname, ctx.conf.name
             ),
         ));
     }
     let store_err = |e: crate::ipam::StoreError| CniError::from_error(Code::Io, &e);
-    let last = (0..conf.ranges.len())
-        .map(|i| store.last_reserved(i))
+    let last = (0..ctx.conf.ranges.len())
+        .map(|i| ctx.store.last_reserved(i))
         .collect::<Result<Vec<_>, _>>()
         .map_err(store_err)?;
     // After the cursor the next address is nearly always free: a few lookups
     // instead of listing every reservation. A crowded range, or a lookup
     // error, falls back to the list.
     let mut budget = PROBES;
-    let shared = &*store;
-    let probed = allocate_probing(&conf.ranges, &last, |ip| {
+    let store = &*ctx.store;
+    let probed = allocate_probing(&ctx.conf.ranges, &last, |ip| {
         budget = budget.checked_sub(1)?;
-        shared.is_reserved(ip).ok()
+        store.is_reserved(ip).ok()
     });
     let allocated = match probed {
         Some(r) => r,
-        None => allocate(&conf.ranges, &store.reserved().map_err(store_err)?, &last),
+        None => allocate(
+            &ctx.conf.ranges,
+            &ctx.store.reserved().map_err(store_err)?,
+            &last,
+        ),
     };
     let ips = allocated.map_err(|e| match e {
         AllocError::Exhausted { .. } => CniError::from_error(Code::Exhausted, &e),
@@ -137,19 +91,19 @@ fn reserve<S: IpStore, F: Firewall>(
     let record = Attachment {
         host_ifname: host_ifname(&key),
         key,
-        netns: inv.netns.as_ref().map(|p| p.display().to_string()),
+        netns: ctx.inv.netns.as_ref().map(|p| p.display().to_string()),
         ips,
         project: project.to_string(),
-        pod_name: inv.pod.name.clone(),
+        pod_name: ctx.inv.pod.name.clone(),
         complete: false,
     };
-    store.put(&record).map_err(store_err)?;
+    ctx.store.put(&record).map_err(store_err)?;
     for (i, ip) in record.ips.iter().enumerate() {
-        store.set_last_reserved(i, *ip).map_err(store_err)?;
+        ctx.store.set_last_reserved(i, *ip).map_err(store_err)?;
     }
     // Filter before the veth exists, so the pod's first packet is already policed.
-    if let Err(e) = pod_changed(conf, store, firewall, &record, true) {
-        let _ = store.remove(&record.key);
+    if let Err(e) = pod_changed(ctx.conf, ctx.store, ctx.firewall, &record, true) {
+        let _ = ctx.store.remove(&record.key);
         return Err(e);
     }
     Ok(record)
@@ -157,20 +111,20 @@ fn reserve<S: IpStore, F: Firewall>(
 
 /// The project (tenant unit) of the pod: its Kubernetes namespace, else
 /// `args.cni`, else the configured default.
-fn project_of(conf: &NetConf, inv: &Invocation) -> Result<Project, CniError> {
-    let mut pod = inv.pod.clone();
-    pod.merge_args_cni(&conf.args_cni);
+fn project_of<S, W, F>(ctx: &Ctx<S, W, F>) -> Result<Project, CniError> {
+    let mut pod = ctx.inv.pod.clone();
+    pod.merge_args_cni(&ctx.conf.args_cni);
     let name = pod
         .namespace
-        .unwrap_or_else(|| conf.isolation.default_project.clone());
+        .unwrap_or_else(|| ctx.conf.isolation.default_project.clone());
     Project::new(&name).map_err(|e| CniError::from_error(Code::InvalidEnv, &e))
 }
 
 fn wire<S: IpStore, W: Wiring, F: Firewall>(
     ctx: &mut Ctx<S, W, F>,
     record: &Attachment,
-    host_index: u32,
 ) -> Result<AttachOutcome, CniError> {
+    enable_forwarding(ctx.conf.has_ipv6()).map_err(|e| CniError::from_error(Code::Kernel, &e))?;
     let plan = AttachPlan {
         host_ifname: record.host_ifname.clone(),
         ifname: record.key.ifname.clone(),
@@ -180,7 +134,7 @@ fn wire<S: IpStore, W: Wiring, F: Firewall>(
         alias: link_alias(&ctx.conf.name, &record.key),
     };
     ctx.wiring
-        .attach(&plan, host_index)
+        .attach(&plan)
         .map_err(|e| CniError::from_error(Code::Kernel, &e))
 }
 

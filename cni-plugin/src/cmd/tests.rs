@@ -101,8 +101,8 @@ fn failed_add_rolls_back_addresses_links_and_firewall() {
     );
 }
 
-/// The veth is made while the addresses are reserved: a refused ADD removes
-/// the one it made, never the one of the attachment it was refused for.
+/// A refused ADD touches no veth: not the one of the attachment it was
+/// refused for, and it makes none of its own.
 #[test]
 fn refused_adds_leave_only_live_veths() {
     let conf = conf(json!({}));
@@ -116,7 +116,7 @@ fn refused_adds_leave_only_live_veths() {
     }
     let err = w.run(&conf, &inv("ADD", "c6")).unwrap_err();
     assert_eq!(err.code, Code::Exhausted);
-    assert_eq!(w.wiring.links.len(), 5, "the exhausted ADD's veth removed");
+    assert_eq!(w.wiring.links.len(), 5, "no veth for the exhausted ADD");
 }
 
 #[test]

@@ -3,18 +3,18 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::wiring::{AttachOutcome, AttachPlan, HostPlan, Observed, Wiring, WiringError};
+use super::wiring::{AttachOutcome, AttachPlan, Observed, Wiring, WiringError};
 
 #[derive(Debug, Default)]
 pub struct FakeWiring {
     /// host ifname → plan
-    pub links: BTreeMap<String, HostPlan>,
+    pub links: BTreeMap<String, AttachPlan>,
     /// Fail the next attach after "creating" the veth, as a kernel error would.
     pub fail_attach: bool,
 }
 
 impl Wiring for FakeWiring {
-    fn create_host(&mut self, plan: &HostPlan) -> Result<u32, WiringError> {
+    fn attach(&mut self, plan: &AttachPlan) -> Result<AttachOutcome, WiringError> {
         // The kernel refuses a second link of the same name (EEXIST).
         if self.links.contains_key(&plan.host_ifname) {
             return Err(WiringError::Missing {
@@ -22,13 +22,6 @@ impl Wiring for FakeWiring {
             });
         }
         self.links.insert(plan.host_ifname.clone(), plan.clone());
-        Ok(self.links.len() as u32)
-    }
-    fn attach(
-        &mut self,
-        plan: &AttachPlan,
-        _host_index: u32,
-    ) -> Result<AttachOutcome, WiringError> {
         if self.fail_attach {
             return Err(WiringError::Missing {
                 ifname: plan.ifname.clone(),

@@ -8,4 +8,4 @@ pub mod sysctl;
 pub mod wiring;
 
 pub use socket::{NetlinkSocket, SocketError};
-pub use wiring::{AttachPlan, HostPlan, KernelWiring, Observed, Wiring, WiringError};
+pub use wiring::{AttachPlan, KernelWiring, Observed, Wiring, WiringError};

@@ -31,20 +31,6 @@ pub fn host_prefix(ip: IpAddr) -> IpNetwork {
     IpNetwork::new(ip, if ip.is_ipv4() { 32 } else { 128 }).expect("host prefix is valid")
 }
 
-/// The host side of an attachment: everything that needs no address, so it
-/// can be made while the addresses are being allocated.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostPlan {
-    pub host_ifname: String,
-    pub ifname: String,
-    pub netns: PathBuf,
-    pub mtu: u32,
-    /// Link alias on the host veth; names network and attachment for GC.
-    pub alias: String,
-    /// No IPv6 range: the host veth gets no IPv6 at all.
-    pub ipv4_only: bool,
-}
-
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttachPlan {
     pub host_ifname: String,
@@ -101,11 +87,7 @@ pub enum WiringError {
 
 /// The kernel side of an attachment, narrow enough to fake in unit tests.
 pub trait Wiring: Send {
-    /// Create the veth pair (pod end in the netns, down) and bring the host
-    /// end up; returns the host end's index.
-    fn create_host(&mut self, plan: &HostPlan) -> Result<u32, WiringError>;
-    /// Address and route the pod end, route the host to it.
-    fn attach(&mut self, plan: &AttachPlan, host_index: u32) -> Result<AttachOutcome, WiringError>;
+    fn attach(&mut self, plan: &AttachPlan) -> Result<AttachOutcome, WiringError>;
     /// Remove the host veth (its peer goes with it); `false` if already gone.
     fn detach(&mut self, host_ifname: &str) -> Result<bool, WiringError>;
     fn observe(
@@ -176,11 +158,13 @@ impl KernelWiring {
 }
 
 impl Wiring for KernelWiring {
-    fn create_host(&mut self, plan: &HostPlan) -> Result<u32, WiringError> {
+    fn attach(&mut self, plan: &AttachPlan) -> Result<AttachOutcome, WiringError> {
         let ns = File::open(&plan.netns).map_err(|source| WiringError::Netns {
             path: plan.netns.clone(),
             source,
         })?;
+        let mut pod =
+            NetlinkSocket::open_in(&plan.netns).map_err(step("open pod netlink", &plan.ifname))?;
         let host_if = plan.host_ifname.as_str();
         let req = VethRequest {
             host: host_if,
@@ -192,7 +176,7 @@ impl Wiring for KernelWiring {
         self.host
             .create_veth(&req)
             .map_err(step("create veth", host_if))?;
-        if plan.ipv4_only {
+        if plan.ips.iter().all(IpAddr::is_ipv4) {
             disable_ipv6(host_if).map_err(|source| WiringError::Sysctl {
                 ifname: host_if.into(),
                 source,
@@ -208,13 +192,6 @@ impl Wiring for KernelWiring {
         self.host
             .set_up(host_link.index, Some(&plan.alias))
             .map_err(step("set host link up", host_if))?;
-        Ok(host_link.index)
-    }
-
-    fn attach(&mut self, plan: &AttachPlan, host_index: u32) -> Result<AttachOutcome, WiringError> {
-        let mut pod =
-            NetlinkSocket::open_in(&plan.netns).map_err(step("open pod netlink", &plan.ifname))?;
-        let host_if = plan.host_ifname.as_str();
         let pod_link = self.wire_pod(&mut pod, plan)?;
         let pod_mac: [u8; 6] =
             pod_link
@@ -228,12 +205,12 @@ impl Wiring for KernelWiring {
             // Replace: the address is ours (reserved under the lock), and the
             // veth of a pod that just left it may still be on its way out.
             self.host
-                .add_route(host_prefix(*ip), host_index, None, Flags::Replace)
+                .add_route(host_prefix(*ip), host_link.index, None, Flags::Replace)
                 .map_err(step("add host route", host_if))?;
             // The host veth's link-local address is still in DAD for a second
             // after creation; a permanent entry needs no ARP/ND at all.
             self.host
-                .add_neighbour(host_index, *ip, pod_mac)
+                .add_neighbour(host_link.index, *ip, pod_mac)
                 .map_err(step("add pod neighbour", host_if))?;
         }
         Ok(AttachOutcome {
