@@ -2,16 +2,9 @@
 //! consistent (SIGTERM restarts, SIGKILL at crash points and at random).
 
 use moat_csi_proto as csi;
-use moat_e2e::csi::{create_req, mount_cap, write_in, Cluster, Mode, MIB};
+use moat_e2e::csi::{create_req, is_mounted, mount_cap, write_in, Cluster, Mode, MIB};
 use nix::sys::signal::Signal;
 use tonic::Code;
-
-fn is_mounted(path: &str) -> bool {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(path))
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restart_keeps_volumes_and_publications() {

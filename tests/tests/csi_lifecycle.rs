@@ -2,19 +2,14 @@
 //! pagination, quotas. Restarts and crashes: csi_faults.rs.
 
 use moat_csi_proto as csi;
-use moat_e2e::csi::{create_req, mount_cap, publish_req, stage_req, write_in, Cluster, Mode, MIB};
+use moat_e2e::csi::{
+    create_req, is_mounted, mount_cap, publish_req, stage_req, write_in, Cluster, Mode, MIB,
+};
 use tonic::Code;
 
 fn statvfs_total(path: &str) -> u64 {
     let s = nix::sys::statvfs::statvfs(path).unwrap();
     s.blocks() as u64 * s.fragment_size() as u64
-}
-
-fn is_mounted(path: &str) -> bool {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .any(|l| l.split(' ').nth(4) == Some(path))
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -13,8 +13,9 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use netlink_sys::{protocols::NETLINK_NETFILTER, Socket, SocketAddr};
+use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 
+use crate::netlink::socket::connected;
 use crate::policy::nftjson::{Batch, Elem, ElementOp};
 
 mod tenant;
@@ -240,11 +241,7 @@ pub struct Conn {
 
 impl Conn {
     pub fn open() -> Result<Self, NfnlError> {
-        let mut socket = Socket::new(NETLINK_NETFILTER).map_err(NfnlError::Socket)?;
-        socket.bind_auto().map_err(NfnlError::Socket)?;
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(NfnlError::Socket)?;
+        let socket = connected(NETLINK_NETFILTER).map_err(NfnlError::Socket)?;
         socket.set_rx_buf_sz(1 << 20).map_err(NfnlError::Socket)?;
         set_timeout(&socket, Duration::from_secs(5))?;
         Ok(Self {

@@ -59,14 +59,19 @@ pub struct NetlinkSocket {
     seq: u32,
 }
 
+/// A netlink socket of `protocol`, bound and connected to the kernel, in the
+/// calling thread's network namespace.
+pub fn connected(protocol: isize) -> std::io::Result<Socket> {
+    let mut socket = Socket::new(protocol)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    Ok(socket)
+}
+
 impl NetlinkSocket {
     /// A socket in the calling thread's network namespace.
     pub fn open() -> Result<Self, SocketError> {
-        let mut socket = Socket::new(NETLINK_ROUTE).map_err(SocketError::Open)?;
-        socket.bind_auto().map_err(SocketError::Open)?;
-        socket
-            .connect(&SocketAddr::new(0, 0))
-            .map_err(SocketError::Open)?;
+        let socket = connected(NETLINK_ROUTE).map_err(SocketError::Open)?;
         let _ = socket.set_ext_ack(true);
         Ok(Self { socket, seq: 0 })
     }
