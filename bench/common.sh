@@ -28,6 +28,9 @@ find_moat() {
   fi
   [[ -n $MOAT_BIN && -x $MOAT_BIN ]] || die "moat binary not found (--moat-bin, MOAT_BIN_DIR, or scripts/build-plugin.sh)${1:+; $1}"
   MOAT_BIN=$(readlink -f "$MOAT_BIN")
+  if [[ -x $REPO/target/release/moat && $REPO/target/release/moat -nt $MOAT_BIN ]]; then
+    log "note: target/release/moat is newer than $MOAT_BIN; rerun scripts/build-plugin.sh to measure current code"
+  fi
   [[ $MOAT_BIN == */release/* ]] || log "note: $MOAT_BIN is not a release build"
   log "moat: $MOAT_BIN ($(file -b "$MOAT_BIN" 2>/dev/null | grep -o 'static-pie linked\|statically linked\|dynamically linked' || echo '?'))"
 }
