@@ -3,13 +3,13 @@
 use std::fs::OpenOptions;
 use std::path::Path;
 
-use crate::durable::open_creating_dir;
-
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::writer::{BoxMakeWriter, MakeWriterExt};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+use crate::durable::open_creating_dir;
 
 type Filter = Box<dyn Layer<Registry> + Send + Sync>;
 

@@ -70,7 +70,7 @@ pub async fn serve(
     let serving = router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
     // A graceful stop waits for clients to close their connections; kubelet
     // keeps its own open, so in-flight RPCs get a bounded grace and no more.
-    let grace = async {
+    let deadline = async {
         if stopping.await.is_ok() {
             tokio::time::sleep(grace).await;
             warn!(
@@ -83,7 +83,7 @@ pub async fn serve(
     };
     tokio::select! {
         r = serving => r?,
-        _ = grace => {}
+        _ = deadline => {}
     }
     let _ = std::fs::remove_file(socket);
     Ok(())

@@ -370,7 +370,6 @@ pub fn publish_req(
     }
 }
 
-/// Try to write a file in a published directory: the OS error, if any.
 /// Whether something is mounted at `path` (this process's mount table).
 pub fn is_mounted(path: &str) -> bool {
     std::fs::read_to_string("/proc/self/mountinfo")
@@ -379,6 +378,7 @@ pub fn is_mounted(path: &str) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(path))
 }
 
+/// Try to write a file in a published directory: the OS error, if any.
 pub fn write_in(dir: &str, name: &str, content: &str) -> Result<(), std::io::Error> {
     std::fs::write(Path::new(dir).join(name), content)
 }

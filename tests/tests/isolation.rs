@@ -249,13 +249,18 @@ fn rule_count_does_not_grow_with_pods() {
 fn a_new_projects_chain_matches_what_a_rebuild_makes() {
     let node = Node::new(dual_stack_conf("1.1.0"));
     let _first = attach(&node, &["a"]);
+    // A rebuild deletes and re-adds the table: its handle tells.
+    let table_handle =
+        |n: &Node| n.nft_table().expect("table")["nftables"][1]["table"]["handle"].clone();
+    let before = table_handle(&node);
+    assert!(before.is_u64(), "{before}");
     let mut pod = Pod::new("newcomer");
     let out = node.add(&pod).ok();
     pod.set_result(&out.json());
-    assert!(
-        !out.stderr.contains("rebuild"),
-        "first pod of a project rebuilt the table: {}",
-        out.stderr
+    assert_eq!(
+        table_handle(&node),
+        before,
+        "the new chain came without a rebuild"
     );
     let tenant = |n: &Node| {
         let listing = n.nft_table().expect("table");
@@ -283,6 +288,7 @@ fn a_new_projects_chain_matches_what_a_rebuild_makes() {
         .iter()
         .any(|s| s.contains(&pod.ip(false).to_string())));
     node.cli(&["reconcile"]).ok();
+    assert_ne!(table_handle(&node), before, "reconcile rebuilt the table");
     assert_eq!(tenant(&node), made, "a rebuild makes the same chain");
     node.del(&pod).ok();
 }

@@ -26,7 +26,7 @@ pub enum FirewallError {
         source: Box<nftables::helper::NftablesError>,
     },
     #[error("the {what} transaction for table {table} failed")]
-    Elements {
+    InProcess {
         what: &'static str,
         table: String,
         #[source]
@@ -119,7 +119,7 @@ impl Firewall for NftFirewall {
     fn apply(&mut self, what: &'static str, batch: &Batch) -> Result<(), FirewallError> {
         let in_process = !batch.elements.is_empty() || !batch.tenant_chains.is_empty();
         if in_process && !batch.structural {
-            let err = |source| FirewallError::Elements {
+            let err = |source| FirewallError::InProcess {
                 what,
                 table: batch.table.clone(),
                 source,

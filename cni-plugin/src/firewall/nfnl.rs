@@ -251,12 +251,9 @@ impl Conn {
     }
 
     /// Apply a pod batch (elements and new tenant chains) to `inet <table>`
-    /// in one transaction.
+    /// in one transaction; the caller sends only batches with something in them.
     pub fn apply(&mut self, batch: &Batch) -> Result<(), NfnlError> {
         let msgs = messages(&batch.table, batch);
-        if msgs.is_empty() {
-            return Ok(());
-        }
         let seq = self.seq;
         self.seq = seq.wrapping_add(msgs.len() as u32 + 2);
         self.socket
@@ -287,13 +284,12 @@ fn await_acks(socket: &Socket, msgs: &[Msg], seq: u32) -> Result<(), NfnlError> 
             let msg_seq = u32::from_ne_bytes(buf[off + 8..off + 12].try_into().unwrap());
             // A batch that failed earlier on this socket may have left acks
             // behind: only this batch's sequence numbers count.
-            let ours = msg_seq.wrapping_sub(seq + 1) < msgs.len() as u32;
-            if ty == NLMSG_ERROR && off + 20 <= n && ours {
+            let ours = msgs.get(msg_seq.wrapping_sub(seq + 1) as usize);
+            if let (NLMSG_ERROR, true, Some(m)) = (ty, off + 20 <= n, ours) {
                 let errno = i32::from_ne_bytes(buf[off + 16..off + 20].try_into().unwrap());
                 if errno != 0 {
-                    let m = msgs.get(msg_seq.wrapping_sub(seq + 1) as usize);
                     return Err(NfnlError::Refused {
-                        what: m.map_or_else(|| "?".into(), |m| m.what.clone()),
+                        what: m.what.clone(),
                         source: std::io::Error::from_raw_os_error(-errno),
                     });
                 }

@@ -37,6 +37,16 @@ impl Fam {
         format!("{base}{}", self.suffix)
     }
 
+    pub fn is_v4(&self) -> bool {
+        self.suffix == "4"
+    }
+
+    /// The members of tenant `chain` in this family: the set its accept rule
+    /// looks up, and the one every ADD and DEL changes.
+    pub fn tenant_set(&self, chain: &str) -> String {
+        format!("{chain}-{}", self.suffix)
+    }
+
     pub fn saddr(&self) -> Value {
         payload(self.proto, "saddr")
     }
@@ -122,21 +132,14 @@ pub struct ElementOp {
     pub elems: Vec<Elem>,
 }
 
-/// A new tenant chain: the chain, one address set per family and a rule per
-/// family accepting packets to a member.
-pub struct NewTenantChain {
-    pub chain: String,
-    /// (set name, IPv4?) per family.
-    pub sets: Vec<(String, bool)>,
-}
-
 pub struct Batch {
     pub table: String,
     pub cmds: Vec<Value>,
     /// The element commands of `cmds`, typed.
     pub elements: Vec<ElementOp>,
-    /// The new tenant chains of `cmds`, typed.
-    pub tenant_chains: Vec<NewTenantChain>,
+    /// The new tenant chains of `cmds` (each with one member set and one
+    /// accept rule per family).
+    pub tenant_chains: Vec<String>,
     /// Whether `cmds` has anything but elements and new tenant chains: only
     /// such batches need the `nft` program.
     pub structural: bool,
@@ -158,19 +161,14 @@ impl Batch {
     /// leaves the batch encodable in-process.
     pub fn new_tenant_chain(&mut self, chain: &str) {
         let structural = self.structural;
-        let mut sets = Vec::new();
         self.add_chain(chain, None);
         for f in FAMS {
-            let set = format!("{chain}-{}", f.suffix);
+            let set = f.tenant_set(chain);
             self.add_set(&set, json!(f.addr_type), &[], vec![]);
             self.add_rule(chain, vec![in_set(f.daddr(), &set), verdict("accept")]);
-            sets.push((set, f.suffix == "4"));
         }
         self.structural = structural;
-        self.tenant_chains.push(NewTenantChain {
-            chain: chain.into(),
-            sets,
-        });
+        self.tenant_chains.push(chain.into());
     }
 
     fn push(&mut self, verb: &str, kind: &str, mut body: Value) {

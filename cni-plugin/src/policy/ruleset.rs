@@ -168,7 +168,7 @@ fn member_elements(b: &mut Batch, policy: &Policy, project: &Project, ip: IpAddr
         Role::Tenant(t) => {
             let chain = tenant_chain(&t);
             b.element(add, &f.name("tenant"), vec![Elem::Jump(ip, chain.clone())]);
-            b.element(add, &format!("{chain}-{}", f.suffix), vec![Elem::Addr(ip)]);
+            b.element(add, &f.tenant_set(&chain), vec![Elem::Addr(ip)]);
         }
     }
 }
@@ -177,7 +177,7 @@ fn member_elements(b: &mut Batch, policy: &Policy, project: &Project, ip: IpAddr
 /// the other family then stops at a compare instead of an interface-name
 /// lookup (nft would put its own family test after the lookup).
 fn nfproto(f: Fam) -> Value {
-    let name = if f.suffix == "4" { "ipv4" } else { "ipv6" };
+    let name = if f.is_v4() { "ipv4" } else { "ipv6" };
     matches(meta("nfproto"), "==", json!(name))
 }
 

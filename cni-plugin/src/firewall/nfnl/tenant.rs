@@ -12,7 +12,7 @@
 
 use super::{Attrs, Msg, NFTA_DATA_VALUE, NFTA_DATA_VERDICT, NFTA_LIST_ELEM, NFTA_VERDICT_CODE};
 use super::{NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL};
-use crate::policy::nftjson::NewTenantChain;
+use crate::policy::nftjson::FAMS;
 
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_NEWRULE: u16 = 6;
@@ -95,22 +95,23 @@ fn accept_members(list: &mut Attrs, set: &str, set_id: u32, v4: bool) {
 
 /// NEWCHAIN (exclusive: a chain that exists after all fails the batch),
 /// then per family NEWSET and NEWRULE.
-pub(super) fn chain_messages(table: &str, c: &NewTenantChain, first_set_id: u32) -> Vec<Msg> {
-    let mut chain = Attrs(Vec::new());
-    chain.put_str(NFTA_CHAIN_TABLE, table);
-    chain.put_str(NFTA_CHAIN_NAME, &c.chain);
+pub(super) fn chain_messages(table: &str, chain: &str, first_set_id: u32) -> Vec<Msg> {
+    let mut c = Attrs(Vec::new());
+    c.put_str(NFTA_CHAIN_TABLE, table);
+    c.put_str(NFTA_CHAIN_NAME, chain);
     let mut out = vec![Msg {
-        what: format!("new chain {}", c.chain),
+        what: format!("new chain {chain}"),
         ty: NFT_MSG_NEWCHAIN,
         flags: NLM_F_CREATE | NLM_F_EXCL,
-        attrs: chain.0,
+        attrs: c.0,
     }];
-    for (i, (set, v4)) in c.sets.iter().enumerate() {
-        let (_, _, len, key_type) = family(*v4);
+    for (i, f) in FAMS.iter().enumerate() {
+        let (set, v4) = (f.tenant_set(chain), f.is_v4());
+        let (_, _, len, key_type) = family(v4);
         let set_id = first_set_id + i as u32;
         let mut s = Attrs(Vec::new());
         s.put_str(NFTA_SET_TABLE, table);
-        s.put_str(NFTA_SET_NAME, set);
+        s.put_str(NFTA_SET_NAME, &set);
         s.put(NFTA_SET_FLAGS, &be(0));
         s.put(NFTA_SET_KEY_TYPE, &be(key_type));
         s.put(NFTA_SET_KEY_LEN, &be(len));
@@ -123,12 +124,12 @@ pub(super) fn chain_messages(table: &str, c: &NewTenantChain, first_set_id: u32)
         });
         let mut r = Attrs(Vec::new());
         r.put_str(NFTA_RULE_TABLE, table);
-        r.put_str(NFTA_RULE_CHAIN, &c.chain);
+        r.put_str(NFTA_RULE_CHAIN, chain);
         r.nested(NFTA_RULE_EXPRESSIONS, |list| {
-            accept_members(list, set, set_id, *v4)
+            accept_members(list, &set, set_id, v4)
         });
         out.push(Msg {
-            what: format!("new rule in chain {}", c.chain),
+            what: format!("new rule in chain {chain}"),
             ty: NFT_MSG_NEWRULE,
             flags: NLM_F_CREATE | NLM_F_APPEND,
             attrs: r.0,
