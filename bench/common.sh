@@ -2,6 +2,10 @@
 # Expects REPO and REF_DIR set; sets MOAT_BIN (to an absolute path) unless empty
 # and not wanted.
 
+SELF=$(readlink -f "$0")
+# shellcheck source=scripts/reaper.sh
+source "$REPO/scripts/reaper.sh"
+
 log() { printf '[bench] %s\n' "$*" >&2; }
 die() { log "FAIL: $*"; exit 1; }
 

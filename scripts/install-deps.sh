@@ -8,6 +8,7 @@ PACKAGES=(
   e2fsprogs xfsprogs btrfs-progs                           # mkfs / resize for volumes
   containerd runc containernetworking-plugins busybox-static  # a real runtime + reference CNI
   iperf3 hyperfine python3                                 # benchmarks
+  tini                                                     # reaps detached DEL children here
 )
 
 missing=()

@@ -7,10 +7,10 @@ use serde_json::Value;
 use crate::cmd::{dispatch, Ctx};
 use crate::firewall::NftFirewall;
 use crate::ipam::DiskStore;
-use crate::logging;
 use crate::netlink::KernelWiring;
 use crate::spec::version::{version_json, LATEST};
 use crate::spec::{CniError, Code, Command, Invocation, NetConf};
+use crate::{linger, logging};
 
 pub const PLUGIN_TYPE: &str = "moat";
 
@@ -55,7 +55,8 @@ fn run_inner(stdin: &[u8], asked: Option<&str>) -> Result<Option<String>, CniErr
         .entered();
     let mut store =
         DiskStore::open(&conf.state_dir()).map_err(|e| CniError::from_error(Code::Io, &e))?;
-    let mut wiring = KernelWiring::new().map_err(|e| CniError::from_error(Code::Kernel, &e))?;
+    let mut wiring =
+        KernelWiring::new(conf.link_delete).map_err(|e| CniError::from_error(Code::Kernel, &e))?;
     let mut firewall = NftFirewall::new();
     let mut ctx = Ctx {
         conf: &conf,
@@ -64,5 +65,11 @@ fn run_inner(stdin: &[u8], asked: Option<&str>) -> Result<Option<String>, CniErr
         wiring: &mut wiring,
         firewall: &mut firewall,
     };
-    Ok(dispatch(&mut ctx)?.map(|v| v.to_string()))
+    let outcome = dispatch(&mut ctx);
+    if let Some(fd) = firewall.socket_fd() {
+        if let Err(e) = linger::hand_off(&[fd]) {
+            tracing::warn!(error = %e, "cannot hand off the nf_tables socket; closing it here");
+        }
+    }
+    Ok(outcome?.map(|v| v.to_string()))
 }

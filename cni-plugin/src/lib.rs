@@ -6,6 +6,7 @@ pub mod durable;
 pub mod entry;
 pub mod firewall;
 pub mod ipam;
+pub mod linger;
 pub mod lock;
 pub mod logging;
 pub mod netlink;

@@ -80,6 +80,66 @@ fn del_after_netns_gone_and_with_empty_netns() {
     assert!(node.reserved().is_empty(), "{:?}", node.reserved());
 }
 
+/// DEL may leave the kernel's freeing of the veth pair to a detached child,
+/// but what anyone can observe must be final the moment it returns.
+#[test]
+fn del_unlists_both_veth_ends_before_it_returns_in_either_mode() {
+    for mode in ["background", "wait"] {
+        let mut conf = dual_stack_conf("1.1.0");
+        conf["linkDelete"] = json!(mode);
+        let node = Node::new(conf);
+        let mut pods = attach(&node, &["a", "a"]);
+        let mut host_links = node.moat_links();
+        host_links.sort();
+        node.del(&pods[0]).ok();
+        assert_eq!(node.moat_links().len(), 1, "{mode}: host end gone");
+        let pod_eth0 = pods[0]
+            .ns
+            .exec("ip")
+            .args(["link", "show", "eth0"])
+            .output();
+        assert!(!pod_eth0.unwrap().status.success(), "{mode}: pod end gone");
+        let lock = std::fs::File::open(node.data_dir.join("moat-test").join("lock")).unwrap();
+        let free = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock);
+        assert!(free.is_ok(), "{mode}: no child holds the state lock");
+        drop(free);
+        // The same attachment, in the same netns, comes back at once.
+        let out = node.add(&pods[0]).ok();
+        pods[0].set_result(&out.json());
+        connected(&pods[0], &pods[1], &node);
+        let mut again = node.moat_links();
+        again.sort();
+        assert_eq!(again, host_links, "{mode}: same host names again");
+        for pod in &pods {
+            node.del(pod).ok();
+        }
+        assert!(node.moat_links().is_empty(), "{mode}");
+        assert!(node.reserved().is_empty(), "{mode}");
+        // The children that finish the delete and release the nf_tables
+        // socket end on their own.
+        let ids: Vec<String> = pods.iter().map(|p| p.container_id.clone()).collect();
+        wait_until(
+            || processes_with_env("CNI_CONTAINERID", &ids).is_empty(),
+            "no moat process of these pods left",
+        );
+    }
+}
+
+/// Pids whose environment sets `key` to one of `values`.
+fn processes_with_env(key: &str, values: &[String]) -> Vec<u32> {
+    let wanted: Vec<String> = values.iter().map(|v| format!("{key}={v}")).collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                env.split(|b| *b == 0)
+                    .any(|kv| wanted.iter().any(|w| kv == w.as_bytes()))
+            })
+        })
+        .collect()
+}
+
 #[test]
 fn gc_releases_everything_not_listed() {
     let node = Node::new(dual_stack_conf("1.1.0"));

@@ -9,10 +9,11 @@ use crate::lock::StateLock;
 use crate::netlink::Wiring;
 use crate::spec::{CniError, Code};
 
-/// The veth delete and the firewall transaction each wait for the kernel
-/// (a grace period apiece): they run side by side. The veth needs no lock (its
-/// name is this attachment's alone), and an ADD that gets the address before
-/// the old veth is gone replaces the host route instead of failing.
+/// The veth delete (until the kernel has unlisted the pair) and the state
+/// work (IPAM files, one nf_tables transaction) run side by side. The veth
+/// needs no lock (its name is this attachment's alone), and an ADD that gets
+/// the address before the old veth is gone replaces the host route instead of
+/// failing.
 pub(super) fn del<S: IpStore, W: Wiring, F: Firewall>(
     ctx: &mut Ctx<S, W, F>,
 ) -> Result<(), CniError> {

@@ -7,6 +7,7 @@ pub mod fake;
 mod nfnl;
 
 use std::net::IpAddr;
+use std::os::fd::RawFd;
 use std::path::PathBuf;
 
 use serde_json::Value;
@@ -80,6 +81,11 @@ impl NftFirewall {
             program,
             nfnl: None,
         }
+    }
+
+    /// The in-process nf_tables socket, if this invocation opened one.
+    pub fn socket_fd(&self) -> Option<RawFd> {
+        self.nfnl.as_ref().map(nfnl::Conn::raw_fd)
     }
 
     fn list(

@@ -11,6 +11,7 @@
 //! table (base chains, policy changes, rebuilds) still goes through `nft`.
 
 use std::net::IpAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
@@ -230,10 +231,11 @@ fn encode(msgs: &[Msg], seq: u32) -> Vec<u8> {
 }
 
 /// A netfilter netlink socket, kept until the process ends. Closing one runs
-/// nf_tables' release hook, which waits for the last transaction's deferred
-/// cleanup, i.e. an RCU grace period (10 ms measured during a DEL). Closed
-/// after the state lock is released, at exit, that wait is off the critical
-/// path and concurrent ADDs and DELs no longer queue behind it.
+/// nf_tables' release hook, which waits for the namespace's deferred
+/// transaction cleanup, i.e. an RCU grace period after any recent delete
+/// (10 ms measured during a DEL). Never closed under the state lock, so
+/// concurrent ADDs and DELs do not queue behind it; the CNI entry hands the
+/// last copy to [`crate::linger`] so the runtime does not wait for it either.
 pub struct Conn {
     socket: Socket,
     seq: u32,
@@ -248,6 +250,10 @@ impl Conn {
             socket,
             seq: std::process::id().wrapping_mul(1 << 8),
         })
+    }
+
+    pub fn raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
     }
 
     /// Apply a pod batch (elements and new tenant chains) to `inet <table>`

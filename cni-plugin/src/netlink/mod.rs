@@ -3,9 +3,11 @@
 #[cfg(test)]
 pub mod fake;
 pub mod ops;
+pub mod release;
 pub mod socket;
 pub mod sysctl;
 pub mod wiring;
 
+pub use release::DeleteMode;
 pub use socket::{NetlinkSocket, SocketError};
 pub use wiring::{AttachPlan, KernelWiring, Observed, Wiring, WiringError};

@@ -68,6 +68,24 @@ pub fn connected(protocol: isize) -> std::io::Result<Socket> {
     Ok(socket)
 }
 
+/// One request as the bytes the kernel reads.
+pub fn encode(msg: RouteNetlinkMessage, flags: Flags, seq: u32) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST
+        | match flags {
+            Flags::CreateExcl => NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            Flags::Replace => NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+            Flags::Ack => NLM_F_ACK,
+            Flags::Dump => NLM_F_DUMP,
+        };
+    header.sequence_number = seq;
+    let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+    packet.finalize();
+    let mut buf = vec![0u8; packet.buffer_len()];
+    packet.serialize(&mut buf);
+    buf
+}
+
 impl NetlinkSocket {
     /// A socket in the calling thread's network namespace.
     pub fn open() -> Result<Self, SocketError> {
@@ -105,19 +123,7 @@ impl NetlinkSocket {
         flags: Flags,
     ) -> Result<Vec<RouteNetlinkMessage>, SocketError> {
         self.seq = self.seq.wrapping_add(1);
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST
-            | match flags {
-                Flags::CreateExcl => NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
-                Flags::Replace => NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
-                Flags::Ack => NLM_F_ACK,
-                Flags::Dump => NLM_F_DUMP,
-            };
-        header.sequence_number = self.seq;
-        let mut packet = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
-        packet.finalize();
-        let mut buf = vec![0u8; packet.buffer_len()];
-        packet.serialize(&mut buf);
+        let buf = encode(msg, flags, self.seq);
         self.socket
             .send(&buf, 0)
             .map_err(|source| SocketError::Request { what, source })?;

@@ -10,6 +10,7 @@ use ipnetwork::IpNetwork;
 use netlink_packet_route::AddressFamily;
 
 use super::ops::{LinkInfoLite, VethRequest};
+use super::release::DeleteMode;
 use super::socket::{Flags, NetlinkSocket, SocketError};
 use super::sysctl::disable_ipv6;
 
@@ -102,6 +103,7 @@ pub trait Wiring: Send {
 
 pub struct KernelWiring {
     host: NetlinkSocket,
+    delete: DeleteMode,
 }
 
 fn step<'a>(step: &'static str, ifname: &'a str) -> impl FnOnce(SocketError) -> WiringError + 'a {
@@ -113,9 +115,9 @@ fn step<'a>(step: &'static str, ifname: &'a str) -> impl FnOnce(SocketError) -> 
 }
 
 impl KernelWiring {
-    pub fn new() -> Result<Self, WiringError> {
+    pub fn new(delete: DeleteMode) -> Result<Self, WiringError> {
         let host = NetlinkSocket::open().map_err(step("open netlink", "host"))?;
-        Ok(Self { host })
+        Ok(Self { host, delete })
     }
 
     fn wire_pod(
@@ -220,9 +222,11 @@ impl Wiring for KernelWiring {
     }
 
     fn detach(&mut self, host_ifname: &str) -> Result<bool, WiringError> {
-        self.host
-            .delete_link(host_ifname)
-            .map_err(step("delete link", host_ifname))
+        match self.delete {
+            DeleteMode::Background => self.host.delete_link_background(host_ifname),
+            DeleteMode::Wait => self.host.delete_link(host_ifname),
+        }
+        .map_err(step("delete link", host_ifname))
     }
 
     fn observe(

@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::error::{CniError, Code};
 use super::range::{parse_range_sets, RangeSet};
 use super::version::Version;
+use crate::netlink::DeleteMode;
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/moat";
 pub const DEFAULT_MTU: u32 = 1500;
@@ -79,6 +80,8 @@ struct RawConf {
     args: Value,
     #[serde(default)]
     isolation: Option<IsolationConf>,
+    #[serde(default)]
+    link_delete: DeleteMode,
     #[serde(rename = "cni.dev/valid-attachments")]
     valid_attachments: Option<Vec<AttachmentRef>>,
 }
@@ -98,6 +101,8 @@ pub struct NetConf {
     pub prev_result: Option<Value>,
     pub args_cni: BTreeMap<String, Value>,
     pub isolation: IsolationConf,
+    /// Whether DEL waits for the kernel to free the veth pair or only to unlist it.
+    pub link_delete: DeleteMode,
     pub valid_attachments: Option<BTreeSet<AttachmentRef>>,
 }
 
@@ -151,6 +156,7 @@ impl NetConf {
             prev_result: raw.prev_result,
             args_cni,
             isolation,
+            link_delete: raw.link_delete,
             valid_attachments: raw.valid_attachments.map(|v| v.into_iter().collect()),
         })
     }
