@@ -1,6 +1,7 @@
 //! One CNI invocation from environment and stdin to stdout and exit code.
 
 use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use serde_json::Value;
 
@@ -25,10 +26,11 @@ pub fn run() -> i32 {
             .map(str::to_string)
     });
     let version = asked.clone().unwrap_or_else(|| LATEST.to_string());
+    let mut lingering = None;
     let outcome = read
         .map_err(|e| CniError::new(Code::Io, "cannot read stdin").with_details(e.to_string()))
-        .and_then(|_| run_inner(&stdin, asked.as_deref()));
-    match outcome {
+        .and_then(|_| run_inner(&stdin, asked.as_deref(), &mut lingering));
+    let code = match outcome {
         Ok(Some(out)) => {
             println!("{out}");
             0
@@ -39,10 +41,24 @@ pub fn run() -> i32 {
             println!("{}", e.to_json(&version));
             1
         }
+    };
+    // Last, so that as little as possible runs (and copies pages) after the fork.
+    if let Some(fd) = lingering {
+        if let Err(e) = linger::hand_off(&[fd.as_raw_fd()]) {
+            tracing::warn!(error = %e, "cannot hand off the nf_tables socket; closing it here");
+        }
+        // Closed at exit; the child's copy makes that close cheap.
+        std::mem::forget(fd);
     }
+    code
 }
 
-fn run_inner(stdin: &[u8], asked: Option<&str>) -> Result<Option<String>, CniError> {
+/// `lingering` gets the nf_tables socket if one was opened, for [`linger`].
+fn run_inner(
+    stdin: &[u8],
+    asked: Option<&str>,
+    lingering: &mut Option<OwnedFd>,
+) -> Result<Option<String>, CniError> {
     let inv = Invocation::from_env(|k| std::env::var(k).ok())?;
     if inv.command == Command::Version {
         return Ok(Some(version_json(asked)));
@@ -66,10 +82,6 @@ fn run_inner(stdin: &[u8], asked: Option<&str>) -> Result<Option<String>, CniErr
         firewall: &mut firewall,
     };
     let outcome = dispatch(&mut ctx);
-    if let Some(fd) = firewall.socket_fd() {
-        if let Err(e) = linger::hand_off(&[fd]) {
-            tracing::warn!(error = %e, "cannot hand off the nf_tables socket; closing it here");
-        }
-    }
+    *lingering = firewall.into_socket();
     Ok(outcome?.map(|v| v.to_string()))
 }

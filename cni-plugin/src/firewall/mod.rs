@@ -7,7 +7,7 @@ pub mod fake;
 mod nfnl;
 
 use std::net::IpAddr;
-use std::os::fd::RawFd;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
 use serde_json::Value;
@@ -84,8 +84,8 @@ impl NftFirewall {
     }
 
     /// The in-process nf_tables socket, if this invocation opened one.
-    pub fn socket_fd(&self) -> Option<RawFd> {
-        self.nfnl.as_ref().map(nfnl::Conn::raw_fd)
+    pub fn into_socket(self) -> Option<OwnedFd> {
+        self.nfnl.map(nfnl::Conn::into_fd)
     }
 
     fn list(

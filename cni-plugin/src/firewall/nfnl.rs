@@ -11,7 +11,7 @@
 //! table (base chains, policy changes, rebuilds) still goes through `nft`.
 
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::time::Duration;
 
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
@@ -252,8 +252,9 @@ impl Conn {
         })
     }
 
-    pub fn raw_fd(&self) -> RawFd {
-        self.socket.as_raw_fd()
+    pub fn into_fd(self) -> OwnedFd {
+        // SAFETY: the socket gives up its descriptor, which becomes the one owner.
+        unsafe { OwnedFd::from_raw_fd(self.socket.into_raw_fd()) }
     }
 
     /// Apply a pod batch (elements and new tenant chains) to `inet <table>`

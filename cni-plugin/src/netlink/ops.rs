@@ -70,6 +70,32 @@ impl NetlinkSocket {
         }
     }
 
+    /// Index and MAC of a link in this socket's netns, by two ioctls on the
+    /// socket: no netlink round trip and no 1.5 kB link message to decode
+    /// (~0.1 ms an ADD, twice). `Ok(None)` if there is no such link.
+    pub fn link_index_mac(&self, name: &str) -> Result<Option<(u32, [u8; 6])>, SocketError> {
+        let what = "link lookup";
+        let mut req = ifreq(name).ok_or_else(|| SocketError::Decode {
+            what,
+            detail: format!("interface name {name:?} too long"),
+        })?;
+        match self.ioctl(libc::SIOCGIFINDEX, &mut req) {
+            Err(e) if e.raw_os_error() == Some(ENODEV) => return Ok(None),
+            r => r.map_err(|source| SocketError::Request { what, source })?,
+        }
+        // SAFETY: SIOCGIFINDEX filled the index member.
+        let index = unsafe { req.ifr_ifru.ifru_ifindex } as u32;
+        self.ioctl(libc::SIOCGIFHWADDR, &mut req)
+            .map_err(|source| SocketError::Request { what, source })?;
+        // SAFETY: SIOCGIFHWADDR filled the hardware address member.
+        let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+        let mut mac = [0u8; 6];
+        for (m, d) in mac.iter_mut().zip(data) {
+            *m = d as u8;
+        }
+        Ok(Some((index, mac)))
+    }
+
     pub fn links(&mut self) -> Result<Vec<LinkInfoLite>, SocketError> {
         let replies = self.request(
             "dump links",
@@ -212,6 +238,19 @@ impl NetlinkSocket {
         self.request("add neighbour", Rt::NewNeighbour(msg), Flags::CreateExcl)
             .map(drop)
     }
+}
+
+/// An `ifreq` naming `name`, if it fits.
+fn ifreq(name: &str) -> Option<libc::ifreq> {
+    // SAFETY: all-zero is a valid ifreq.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    if name.len() >= req.ifr_name.len() || name.contains('\0') {
+        return None;
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    Some(req)
 }
 
 fn link_lite(m: Rt) -> Option<LinkInfoLite> {

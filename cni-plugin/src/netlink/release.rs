@@ -6,8 +6,9 @@
 //! dropped, the task that asked waits in `rcu_barrier()` and for the device's
 //! last references before freeing it: 15–20 ms on our nodes, most of a DEL,
 //! and nothing anyone can observe depends on it. So in the background mode a
-//! forked child makes the request and carries that wait, and the plugin
-//! returns as soon as the announcement shows the device unlisted.
+//! detached child ([`crate::linger`]) makes the request and carries that
+//! wait, and the plugin returns as soon as the announcement shows the device
+//! unlisted.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -51,8 +52,8 @@ impl NetlinkSocket {
         let mut msg = LinkMessage::default();
         msg.header.index = link.index;
         let request = encode(Rt::DelLink(msg), Flags::Ack, 1);
-        if let Err(e) = spawn_deleter(&request) {
-            tracing::warn!(error = %e, ifname = name, "cannot fork the link deleter; deleting in-line");
+        if let Err(e) = crate::linger::send_detached(&request) {
+            tracing::warn!(error = %e, ifname = name, "cannot start the link deleter; deleting in-line");
             return self.delete_link(name);
         }
         match watch.wait_unlisted(link.index) {
@@ -122,48 +123,6 @@ fn announces_delete(mut data: &[u8], index: u32) -> bool {
         data = &data[((len + 3) & !3).min(data.len())..];
     }
     false
-}
-
-/// Fork a child that sends `request` on a fresh rtnetlink socket and exits
-/// when the kernel is done with it.
-fn spawn_deleter(request: &[u8]) -> io::Result<()> {
-    // SAFETY: the child only makes async-signal-safe calls on memory prepared
-    // before the fork, so other threads' locks cannot bite it.
-    match unsafe { libc::fork() } {
-        -1 => Err(io::Error::last_os_error()),
-        0 => unsafe { delete_in_child(request) },
-        _ => Ok(()),
-    }
-}
-
-/// # Safety
-/// Only in a freshly forked child: it never returns.
-unsafe fn delete_in_child(request: &[u8]) -> ! {
-    // SAFETY: plain syscalls on owned stack memory and the prepared buffer.
-    unsafe {
-        // Out of the runtime's process group, and holding none of our
-        // descriptors (see close_all_but).
-        libc::setsid();
-        crate::linger::close_all_but(&[]);
-        let fd = libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            NETLINK_ROUTE as libc::c_int,
-        );
-        if fd >= 0 {
-            let mut kernel: libc::sockaddr_nl = std::mem::zeroed();
-            kernel.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-            libc::sendto(
-                fd,
-                request.as_ptr().cast(),
-                request.len(),
-                0,
-                (&kernel as *const libc::sockaddr_nl).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            );
-        }
-        libc::_exit(0)
-    }
 }
 
 #[cfg(test)]

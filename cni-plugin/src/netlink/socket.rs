@@ -115,6 +115,16 @@ impl NetlinkSocket {
         socket
     }
 
+    /// A device ioctl on this socket, answered in the socket's netns.
+    pub(super) fn ioctl(&self, request: libc::Ioctl, req: &mut libc::ifreq) -> std::io::Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: `req` is a valid ifreq for the SIOCGIF* requests we make.
+        match unsafe { libc::ioctl(self.socket.as_raw_fd(), request, req as *mut libc::ifreq) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    }
+
     /// Send one request and collect every reply message until the ack or dump end.
     pub fn request(
         &mut self,

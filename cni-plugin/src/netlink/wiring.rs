@@ -124,17 +124,17 @@ impl KernelWiring {
         &mut self,
         pod: &mut NetlinkSocket,
         plan: &AttachPlan,
-    ) -> Result<LinkInfoLite, WiringError> {
+    ) -> Result<[u8; 6], WiringError> {
         let ifn = plan.ifname.as_str();
-        let link = pod
-            .link_by_name(ifn)
+        let (index, mac) = pod
+            .link_index_mac(ifn)
             .map_err(step("find pod link", ifn))?
             .ok_or_else(|| WiringError::Missing { ifname: ifn.into() })?;
         for ip in &plan.ips {
-            pod.add_host_address(link.index, *ip)
+            pod.add_host_address(index, *ip)
                 .map_err(step("add pod address", ifn))?;
         }
-        pod.set_up(link.index, None)
+        pod.set_up(index, None)
             .map_err(step("set pod link up", ifn))?;
         let mut families: Vec<bool> = plan.ips.iter().map(|ip| ip.is_ipv4()).collect();
         families.dedup();
@@ -144,7 +144,7 @@ impl KernelWiring {
             } else {
                 GATEWAY_V6.into()
             };
-            pod.add_neighbour(link.index, gw, HOST_MAC)
+            pod.add_neighbour(index, gw, HOST_MAC)
                 .map_err(step("add gateway neighbour", ifn))?;
             let default: IpNetwork = if v4 {
                 "0.0.0.0/0".parse()
@@ -152,10 +152,10 @@ impl KernelWiring {
                 "::/0".parse()
             }
             .expect("literal");
-            pod.add_route(default, link.index, Some(gw), Flags::CreateExcl)
+            pod.add_route(default, index, Some(gw), Flags::CreateExcl)
                 .map_err(step("add default route", ifn))?;
         }
-        Ok(link)
+        Ok(mac)
     }
 }
 
@@ -184,40 +184,32 @@ impl Wiring for KernelWiring {
                 source,
             })?;
         }
-        let host_link = self
+        let (host_index, _) = self
             .host
-            .link_by_name(host_if)
+            .link_index_mac(host_if)
             .map_err(step("find host link", host_if))?
             .ok_or_else(|| WiringError::Missing {
                 ifname: host_if.into(),
             })?;
         self.host
-            .set_up(host_link.index, Some(&plan.alias))
+            .set_up(host_index, Some(&plan.alias))
             .map_err(step("set host link up", host_if))?;
-        let pod_link = self.wire_pod(&mut pod, plan)?;
-        let pod_mac: [u8; 6] =
-            pod_link
-                .mac
-                .as_slice()
-                .try_into()
-                .map_err(|_| WiringError::Missing {
-                    ifname: format!("{} MAC", plan.ifname),
-                })?;
+        let pod_mac = self.wire_pod(&mut pod, plan)?;
         for ip in &plan.ips {
             // Replace: the address is ours (reserved under the lock), and the
             // veth of a pod that just left it may still be on its way out.
             self.host
-                .add_route(host_prefix(*ip), host_link.index, None, Flags::Replace)
+                .add_route(host_prefix(*ip), host_index, None, Flags::Replace)
                 .map_err(step("add host route", host_if))?;
             // The host veth's link-local address is still in DAD for a second
             // after creation; a permanent entry needs no ARP/ND at all.
             self.host
-                .add_neighbour(host_link.index, *ip, pod_mac)
+                .add_neighbour(host_index, *ip, pod_mac)
                 .map_err(step("add pod neighbour", host_if))?;
         }
         Ok(AttachOutcome {
             host_mac: format_mac(&HOST_MAC),
-            pod_mac: format_mac(&pod_link.mac),
+            pod_mac: format_mac(&pod_mac),
         })
     }
 
