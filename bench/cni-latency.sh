@@ -38,6 +38,8 @@ need_root_and_tools ip python3 nft
 ((REF_ONLY)) || find_moat "--ref-only measures the reference alone"
 
 T=$(mktemp -d /tmp/moatbench.XXXXXX)
+# moat's attachment state, on tmpfs as its default /run/cni/moat is
+RUN=$(mktemp -d /run/moatbench.XXXXXX)
 TAG=moatbench-$$-
 NODE_MOAT=moatbench-node-$$-moat
 NODE_REF=moatbench-node-$$-ref
@@ -61,19 +63,21 @@ cleanup() {
   if ((rc != 0)) && [[ -s $T/moat.log ]]; then
     log "last lines of moat's log:"; tail -n 20 "$T/moat.log" >&2
   fi
-  rm -rf "$T"
+  rm -rf "$T" "$RUN"
   exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-ip netns add "$NODE_REF"
-ip -n "$NODE_REF" link set lo up
-args=(--tmp "$T" --tag "$TAG" --ref-dir "$REF_DIR" --ref-node "/run/netns/$NODE_REF"
+# Each node netns has an address, as a real node has on its uplink: the
+# kernel picks a route's source address from the devices, and on a node
+# with none it walks every interface for each route added.
+node_netns() { ip netns add "$1"; ip -n "$1" link set lo up; ip -n "$1" addr add 10.255.0.1/32 dev lo; }
+node_netns "$NODE_REF"
+args=(--tmp "$T" --run-dir "$RUN" --tag "$TAG" --ref-dir "$REF_DIR" --ref-node "/run/netns/$NODE_REF"
       --samples "$SAMPLES" --pods "$PODS" --concurrency "$CONC" --rounds "$ROUNDS")
 if ((!REF_ONLY)); then
-  ip netns add "$NODE_MOAT"
-  ip -n "$NODE_MOAT" link set lo up
+  node_netns "$NODE_MOAT"
   args+=(--moat "$MOAT_BIN" --moat-node "/run/netns/$NODE_MOAT")
 fi
 [[ -n $JSON ]] && args+=(--json "$JSON")

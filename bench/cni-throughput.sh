@@ -42,6 +42,8 @@ need_root_and_tools ip python3 nft nsenter iperf3 ping
 find_moat
 
 T=$(mktemp -d /tmp/moattput.XXXXXX)
+# moat's attachment state, on tmpfs as its default /run/cni/moat is
+RUN=$(mktemp -d /run/moattput.XXXXXX)
 TAG=moattput-$$-
 NODE_MOAT=moattput-node-$$-moat
 NODE_REF=moattput-node-$$-ref
@@ -69,7 +71,7 @@ cleanup() {
   if ((rc != 0)) && [[ -s $T/moat.log ]]; then
     log "last lines of moat's log:"; tail -n 20 "$T/moat.log" >&2
   fi
-  rm -rf "$T"
+  rm -rf "$T" "$RUN"
   exit "$rc"
 }
 trap cleanup EXIT
@@ -79,7 +81,7 @@ for n in "$NODE_MOAT" "$NODE_REF"; do
   ip netns add "$n"
   ip -n "$n" link set lo up
 done
-args=(--tmp "$T" --tag "$TAG" --moat "$MOAT_BIN" --moat-node "/run/netns/$NODE_MOAT"
+args=(--tmp "$T" --run-dir "$RUN" --tag "$TAG" --moat "$MOAT_BIN" --moat-node "/run/netns/$NODE_MOAT"
       --ref-dir "$REF_DIR" --ref-node "/run/netns/$NODE_REF" --pods "$PODS"
       --rounds "$ROUNDS" --seconds "$SECONDS_" --streams "$STREAMS")
 [[ -n $REF_PODS ]] && args+=(--ref-pods "$REF_PODS")

@@ -236,6 +236,7 @@ def fill(p, netns_list, base_index, workers=4):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tmp", required=True)
+    ap.add_argument("--run-dir", required=True, help="moat's runDir (tmpfs, as its default)")
     ap.add_argument("--tag", required=True, help="unique netns name prefix, e.g. moatbench-1234-")
     ap.add_argument("--moat", help="moat binary (omit to measure the reference only)")
     ap.add_argument("--moat-node", help="/run/netns/<node netns for moat>")
@@ -252,7 +253,7 @@ def main():
     if a.moat:
         plugins.append(Plugin("moat", a.moat, os.path.dirname(a.moat), {
             "cniVersion": "1.0.0", "name": "moatbench", "type": "moat", "mtu": 1500,
-            "dataDir": f"{a.tmp}/moat-data", "logFile": f"{a.tmp}/moat.log", "logLevel": "info",
+            "dataDir": f"{a.tmp}/moat-data", "runDir": a.run_dir, "logFile": f"{a.tmp}/moat.log", "logLevel": "info",
             "ipam": {"ranges": [[{"subnet": "10.250.0.0/21"}]]},
             "isolation": {"enabled": True, "table": "moat", "globalProjects": ["kube-system"],
                           "defaultProject": "default", "clusterCIDRs": ["10.250.0.0/16"],

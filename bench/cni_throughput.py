@@ -66,6 +66,7 @@ def iperf_round(client_ns, server_ip, seconds, streams):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tmp", required=True)
+    ap.add_argument("--run-dir", required=True, help="moat's runDir (tmpfs, as its default)")
     ap.add_argument("--tag", required=True)
     ap.add_argument("--moat", required=True)
     ap.add_argument("--moat-node", required=True)
@@ -83,7 +84,7 @@ def main():
 
     moat = cl.Plugin("moat", a.moat, os.path.dirname(a.moat), {
         "cniVersion": "1.0.0", "name": "moattput", "type": "moat", "mtu": 1500,
-        "dataDir": f"{a.tmp}/moat-data", "logFile": f"{a.tmp}/moat.log", "logLevel": "info",
+        "dataDir": f"{a.tmp}/moat-data", "runDir": a.run_dir, "logFile": f"{a.tmp}/moat.log", "logLevel": "info",
         "ipam": {"ranges": [[{"subnet": "10.252.0.0/21"}]]},
         "isolation": {"enabled": True, "table": "moat", "globalProjects": ["kube-system"],
                       "defaultProject": "default", "clusterCIDRs": ["10.252.0.0/16"],

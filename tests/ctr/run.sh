@@ -107,7 +107,7 @@ EOF
       # the config asks for 1.0.0 and moat must answer in 1.0.0.
       cat >/etc/cni/net.d/10-moat.conflist <<EOF
 {"cniVersion":"1.0.0","name":"moat","plugins":[{"type":"moat","mtu":1500,
- "dataDir":"$T/moat-data","logFile":"$T/moat.log","logLevel":"debug",
+ "dataDir":"$T/moat-data","runDir":"$T/moat-run","logFile":"$T/moat.log","logLevel":"debug",
  "ipam":{"ranges":[[{"subnet":"$SUBNET_PREFIX.0/24"}]]},
  "capabilities":{"ipRanges":true},
  "isolation":{"enabled":true,"table":"moat","globalProjects":["kube-system"],"defaultProject":"default",

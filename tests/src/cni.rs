@@ -72,6 +72,7 @@ impl Node {
         ns.ip(&["addr", "add", "fdff::1/128", "dev", "lo"]);
         let data_dir = std::env::temp_dir().join(unique("state"));
         conf["dataDir"] = json!(data_dir);
+        conf["runDir"] = json!(data_dir.join("run"));
         Self {
             ns,
             data_dir,
@@ -191,12 +192,16 @@ impl Node {
             .collect()
     }
 
+    /// The network's attachment state and lock (`<runDir>/<name>`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.data_dir
+            .join("run")
+            .join(self.conf["name"].as_str().unwrap())
+    }
+
     /// Addresses still reserved in the IPAM store.
     pub fn reserved(&self) -> Vec<String> {
-        let dir = self
-            .data_dir
-            .join(self.conf["name"].as_str().unwrap())
-            .join("ips");
+        let dir = self.state_dir().join("ips");
         std::fs::read_dir(dir)
             .map(|d| {
                 d.filter_map(|e| e.ok())

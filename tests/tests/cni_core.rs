@@ -99,7 +99,7 @@ fn del_unlists_both_veth_ends_before_it_returns_in_either_mode() {
             .args(["link", "show", "eth0"])
             .output();
         assert!(!pod_eth0.unwrap().status.success(), "{mode}: pod end gone");
-        let lock = std::fs::File::open(node.data_dir.join("moat-test").join("lock")).unwrap();
+        let lock = std::fs::File::open(node.state_dir().join("lock")).unwrap();
         let free = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock);
         assert!(free.is_ok(), "{mode}: no child holds the state lock");
         drop(free);
@@ -230,7 +230,7 @@ fn thirty_two_parallel_adds_get_distinct_addresses() {
 #[test]
 fn sigkill_in_the_middle_of_add_leaves_nothing_after_del_or_gc() {
     let node = Node::new(dual_stack_conf("1.1.0"));
-    let state = node.data_dir.join("moat-test");
+    let state = node.state_dir();
     std::fs::create_dir_all(&state).unwrap();
     for cleanup in ["DEL", "GC"] {
         let pod = Pod::new("a");

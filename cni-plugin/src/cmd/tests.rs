@@ -51,7 +51,7 @@ fn conf(extra: serde_json::Value) -> NetConf {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("moat-cmd-test-{}-{n}", std::process::id()));
-    let mut c = json!({"cniVersion": "1.1.0", "name": "n", "type": "moat", "dataDir": dir,
+    let mut c = json!({"cniVersion": "1.1.0", "name": "n", "type": "moat", "dataDir": dir, "runDir": dir,
         "ipam": {"ranges": [[{"subnet": "10.0.0.0/29"}]]}});
     if let (Some(o), Some(e)) = (c.as_object_mut(), extra.as_object()) {
         o.extend(e.clone());
