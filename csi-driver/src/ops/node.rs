@@ -174,7 +174,7 @@ pub fn publish(d: &Driver, a: &PublishArgs) -> Result<bool> {
         readonly: plan.readonly,
         state: PubState::Publishing,
     };
-    d.store.put_publication(&record)?;
+    d.store.add_publication(&record)?;
     if v.kind == Kind::Block {
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent).map_err(io("create", parent))?;

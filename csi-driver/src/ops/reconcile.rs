@@ -30,6 +30,13 @@ pub fn controller(d: &Driver) -> Result<()> {
 /// exists and dropped if not, so records and mounts agree.
 pub fn node(d: &Driver) -> Result<()> {
     let _lock = d.store.lock()?;
+    let torn = d.store.remove_torn_publications()?;
+    if torn > 0 {
+        warn!(
+            records = torn,
+            "torn publication records of a publish killed before its mount removed"
+        );
+    }
     for mut p in d.store.node_publications(&d.node_id)? {
         let mounted = d
             .mounter
