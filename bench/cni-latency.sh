@@ -38,8 +38,10 @@ need_root_and_tools ip python3 nft
 ((REF_ONLY)) || find_moat "--ref-only measures the reference alone"
 
 T=$(mktemp -d /tmp/moatbench.XXXXXX)
-# moat's attachment state, on tmpfs as its default /run/cni/moat is
-RUN=$(mktemp -d /run/moatbench.XXXXXX)
+# moat's attachment state, on a tmpfs of our own: its default /run/cni/moat
+# is tmpfs on a systemd node (this VM's /run is not)
+RUN=$(mktemp -d /tmp/moatbench-run.XXXXXX)
+mount -t tmpfs -o size=64m,mode=0700 moatbench-run "$RUN"
 TAG=moatbench-$$-
 NODE_MOAT=moatbench-node-$$-moat
 NODE_REF=moatbench-node-$$-ref
@@ -63,6 +65,7 @@ cleanup() {
   if ((rc != 0)) && [[ -s $T/moat.log ]]; then
     log "last lines of moat's log:"; tail -n 20 "$T/moat.log" >&2
   fi
+  umount "$RUN" 2>/dev/null
   rm -rf "$T" "$RUN"
   exit "$rc"
 }

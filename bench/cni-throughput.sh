@@ -42,8 +42,10 @@ need_root_and_tools ip python3 nft nsenter iperf3 ping
 find_moat
 
 T=$(mktemp -d /tmp/moattput.XXXXXX)
-# moat's attachment state, on tmpfs as its default /run/cni/moat is
-RUN=$(mktemp -d /run/moattput.XXXXXX)
+# moat's attachment state, on a tmpfs of our own: its default /run/cni/moat
+# is tmpfs on a systemd node (this VM's /run is not)
+RUN=$(mktemp -d /tmp/moattput-run.XXXXXX)
+mount -t tmpfs -o size=64m,mode=0700 moattput-run "$RUN"
 TAG=moattput-$$-
 NODE_MOAT=moattput-node-$$-moat
 NODE_REF=moattput-node-$$-ref
@@ -71,6 +73,7 @@ cleanup() {
   if ((rc != 0)) && [[ -s $T/moat.log ]]; then
     log "last lines of moat's log:"; tail -n 20 "$T/moat.log" >&2
   fi
+  umount "$RUN" 2>/dev/null
   rm -rf "$T" "$RUN"
   exit "$rc"
 }

@@ -236,7 +236,7 @@ def fill(p, netns_list, base_index, workers=4):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tmp", required=True)
-    ap.add_argument("--run-dir", required=True, help="moat's runDir (tmpfs, as its default)")
+    ap.add_argument("--run-dir", required=True, help="moat's runDir (a tmpfs, as its default /run/cni/moat is on a systemd node)")
     ap.add_argument("--tag", required=True, help="unique netns name prefix, e.g. moatbench-1234-")
     ap.add_argument("--moat", help="moat binary (omit to measure the reference only)")
     ap.add_argument("--moat-node", help="/run/netns/<node netns for moat>")

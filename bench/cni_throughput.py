@@ -66,7 +66,7 @@ def iperf_round(client_ns, server_ip, seconds, streams):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tmp", required=True)
-    ap.add_argument("--run-dir", required=True, help="moat's runDir (tmpfs, as its default)")
+    ap.add_argument("--run-dir", required=True, help="moat's runDir (a tmpfs, as its default /run/cni/moat is on a systemd node)")
     ap.add_argument("--tag", required=True)
     ap.add_argument("--moat", required=True)
     ap.add_argument("--moat-node", required=True)
