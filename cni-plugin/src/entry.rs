@@ -8,10 +8,11 @@ use serde_json::Value;
 use crate::cmd::{dispatch, Ctx};
 use crate::firewall::NftFirewall;
 use crate::ipam::DiskStore;
+use crate::linger::{self, Cleanup};
+use crate::logging;
 use crate::netlink::KernelWiring;
 use crate::spec::version::{version_json, LATEST};
 use crate::spec::{CniError, Code, Command, Invocation, NetConf};
-use crate::{linger, logging};
 
 pub const PLUGIN_TYPE: &str = "moat";
 
@@ -71,8 +72,8 @@ fn run_inner(
         .entered();
     let mut store =
         DiskStore::open(&conf.state_dir()).map_err(|e| CniError::from_error(Code::Io, &e))?;
-    let mut wiring =
-        KernelWiring::new(conf.link_delete).map_err(|e| CniError::from_error(Code::Kernel, &e))?;
+    let mut wiring = KernelWiring::new(conf.kernel_cleanup)
+        .map_err(|e| CniError::from_error(Code::Kernel, &e))?;
     let mut firewall = NftFirewall::new();
     let mut ctx = Ctx {
         conf: &conf,
@@ -82,6 +83,8 @@ fn run_inner(
         firewall: &mut firewall,
     };
     let outcome = dispatch(&mut ctx);
-    *lingering = firewall.into_socket();
+    if conf.kernel_cleanup == Cleanup::Background {
+        *lingering = firewall.into_socket();
+    }
     Ok(outcome?.map(|v| v.to_string()))
 }

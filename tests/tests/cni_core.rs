@@ -83,15 +83,22 @@ fn del_after_netns_gone_and_with_empty_netns() {
 /// DEL may leave the kernel's freeing of the veth pair to a detached child,
 /// but what anyone can observe must be final the moment it returns.
 #[test]
-fn del_unlists_both_veth_ends_before_it_returns_in_either_mode() {
+fn del_unlists_both_veth_ends_before_it_returns_in_either_cleanup_mode() {
     for mode in ["background", "wait"] {
         let mut conf = dual_stack_conf("1.1.0");
-        conf["linkDelete"] = json!(mode);
+        conf["kernelCleanup"] = json!(mode);
         let node = Node::new(conf);
         let mut pods = attach(&node, &["a", "a"]);
         let mut host_links = node.moat_links();
         host_links.sort();
         node.del(&pods[0]).ok();
+        if mode == "wait" {
+            let id = [pods[0].container_id.clone()];
+            assert!(
+                processes_with_env("CNI_CONTAINERID", &id).is_empty(),
+                "wait: DEL leaves no process behind"
+            );
+        }
         assert_eq!(node.moat_links().len(), 1, "{mode}: host end gone");
         let pod_eth0 = pods[0]
             .ns

@@ -13,7 +13,22 @@
 use std::io;
 use std::os::fd::RawFd;
 
+use serde::Deserialize;
+
 mod sys;
+
+/// Whether the kernel's clean-up waits are carried by detached children
+/// (the config's `kernelCleanup`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Cleanup {
+    /// DEL returns once the veth pair is unlisted and the plugin does not
+    /// close its nf_tables socket itself; children finish both.
+    #[default]
+    Background,
+    /// The plugin waits for both itself and leaves no process behind.
+    Wait,
+}
 
 /// Descriptors a child can keep; the callers need one or two.
 const MAX_KEEP: usize = 4;
@@ -159,7 +174,15 @@ fn for_each_gap(keep: &[RawFd], mut f: impl FnMut(u32, u32)) {
 
 #[cfg(test)]
 mod tests {
-    use super::for_each_gap;
+    use super::{for_each_gap, Cleanup};
+
+    #[test]
+    fn cleanup_spelling() {
+        let m: Cleanup = serde_json::from_str("\"wait\"").unwrap();
+        assert_eq!(m, Cleanup::Wait);
+        assert_eq!(Cleanup::default(), Cleanup::Background);
+        assert!(serde_json::from_str::<Cleanup>("\"later\"").is_err());
+    }
 
     fn gaps(keep: &[i32]) -> Vec<(u32, u32)> {
         let mut out = Vec::new();

@@ -8,6 +8,5 @@ pub mod socket;
 pub mod sysctl;
 pub mod wiring;
 
-pub use release::DeleteMode;
 pub use socket::{NetlinkSocket, SocketError};
 pub use wiring::{AttachPlan, KernelWiring, Observed, Wiring, WiringError};

@@ -19,7 +19,6 @@ use netlink_packet_route::RouteNetlinkMessage as Rt;
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
 use nix::sys::socket::{setsockopt, sockopt::ReceiveTimeout};
 use nix::sys::time::TimeVal;
-use serde::Deserialize;
 
 use super::socket::{encode, Flags, NetlinkSocket, SocketError};
 
@@ -27,17 +26,6 @@ use super::socket::{encode, Flags, NetlinkSocket, SocketError};
 /// Unlisting takes ~1 ms; this only matters if the child never got to run.
 const ANNOUNCE_DEADLINE: Duration = Duration::from_secs(5);
 const RTNLGRP_LINK: u32 = 1;
-
-/// When DEL returns relative to the kernel's teardown of the veth pair.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeleteMode {
-    /// Once the pair is unlisted; a detached child waits out the freeing.
-    #[default]
-    Background,
-    /// Once the kernel has freed the pair (the plugin waits itself).
-    Wait,
-}
 
 impl NetlinkSocket {
     /// Delete a link by name, returning once the kernel has unlisted it and
@@ -158,13 +146,5 @@ mod tests {
             !announces_delete(&ours[..5], 7),
             "truncated input is no announcement"
         );
-    }
-
-    #[test]
-    fn mode_spelling() {
-        let m: DeleteMode = serde_json::from_str("\"wait\"").unwrap();
-        assert_eq!(m, DeleteMode::Wait);
-        assert_eq!(DeleteMode::default(), DeleteMode::Background);
-        assert!(serde_json::from_str::<DeleteMode>("\"later\"").is_err());
     }
 }

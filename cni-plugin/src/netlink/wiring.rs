@@ -10,9 +10,9 @@ use ipnetwork::IpNetwork;
 use netlink_packet_route::AddressFamily;
 
 use super::ops::{LinkInfoLite, VethRequest};
-use super::release::DeleteMode;
 use super::socket::{Flags, NetlinkSocket, SocketError};
 use super::sysctl::disable_ipv6;
+use crate::linger::Cleanup;
 
 pub const GATEWAY_V4: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
@@ -103,7 +103,7 @@ pub trait Wiring: Send {
 
 pub struct KernelWiring {
     host: NetlinkSocket,
-    delete: DeleteMode,
+    delete: Cleanup,
 }
 
 fn step<'a>(step: &'static str, ifname: &'a str) -> impl FnOnce(SocketError) -> WiringError + 'a {
@@ -115,7 +115,7 @@ fn step<'a>(step: &'static str, ifname: &'a str) -> impl FnOnce(SocketError) -> 
 }
 
 impl KernelWiring {
-    pub fn new(delete: DeleteMode) -> Result<Self, WiringError> {
+    pub fn new(delete: Cleanup) -> Result<Self, WiringError> {
         let host = NetlinkSocket::open().map_err(step("open netlink", "host"))?;
         Ok(Self { host, delete })
     }
@@ -215,8 +215,8 @@ impl Wiring for KernelWiring {
 
     fn detach(&mut self, host_ifname: &str) -> Result<bool, WiringError> {
         match self.delete {
-            DeleteMode::Background => self.host.delete_link_background(host_ifname),
-            DeleteMode::Wait => self.host.delete_link(host_ifname),
+            Cleanup::Background => self.host.delete_link_background(host_ifname),
+            Cleanup::Wait => self.host.delete_link(host_ifname),
         }
         .map_err(step("delete link", host_ifname))
     }

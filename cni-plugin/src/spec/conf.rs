@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::error::{CniError, Code};
 use super::range::{parse_range_sets, RangeSet};
 use super::version::Version;
-use crate::netlink::DeleteMode;
+use crate::linger::Cleanup;
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/cni/moat";
 pub const DEFAULT_RUN_DIR: &str = "/run/cni/moat";
@@ -83,7 +83,7 @@ struct RawConf {
     #[serde(default)]
     isolation: Option<IsolationConf>,
     #[serde(default)]
-    link_delete: DeleteMode,
+    kernel_cleanup: Cleanup,
     #[serde(rename = "cni.dev/valid-attachments")]
     valid_attachments: Option<Vec<AttachmentRef>>,
 }
@@ -107,8 +107,8 @@ pub struct NetConf {
     pub prev_result: Option<Value>,
     pub args_cni: BTreeMap<String, Value>,
     pub isolation: IsolationConf,
-    /// Whether DEL waits for the kernel to free the veth pair or only to unlist it.
-    pub link_delete: DeleteMode,
+    /// Whether detached children carry the kernel's clean-up waits.
+    pub kernel_cleanup: Cleanup,
     pub valid_attachments: Option<BTreeSet<AttachmentRef>>,
 }
 
@@ -165,7 +165,7 @@ impl NetConf {
             prev_result: raw.prev_result,
             args_cni,
             isolation,
-            link_delete: raw.link_delete,
+            kernel_cleanup: raw.kernel_cleanup,
             valid_attachments: raw.valid_attachments.map(|v| v.into_iter().collect()),
         })
     }
