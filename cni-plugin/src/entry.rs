@@ -43,7 +43,8 @@ pub fn run() -> i32 {
             1
         }
     };
-    // Last, so that as little as possible runs (and copies pages) after the fork.
+    // After the answer is out: nothing of ours waits on the child, which only
+    // has to exist before our copy of the socket is closed at exit.
     if let Some(fd) = lingering {
         if let Err(e) = linger::hand_off(&[fd.as_raw_fd()]) {
             tracing::warn!(error = %e, "cannot hand off the nf_tables socket; closing it here");

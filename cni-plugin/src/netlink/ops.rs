@@ -312,3 +312,17 @@ fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ifreq;
+
+    #[test]
+    fn ifreq_takes_kernel_names_only() {
+        let r = ifreq("moat0123456789a").expect("15 bytes fit");
+        assert_eq!(r.ifr_name[14] as u8, b'a');
+        assert_eq!(r.ifr_name[15], 0, "NUL-terminated");
+        assert!(ifreq("moat0123456789ab").is_none(), "16 bytes do not");
+        assert!(ifreq("a\0b").is_none());
+    }
+}

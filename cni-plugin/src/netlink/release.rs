@@ -32,19 +32,19 @@ impl NetlinkSocket {
     /// leaving the wait for its freeing to a detached child process.
     /// `Ok(false)` if it was already gone.
     pub fn delete_link_background(&mut self, name: &str) -> Result<bool, SocketError> {
-        let Some(link) = self.link_by_name(name)? else {
+        let Some((index, _)) = self.link_index_mac(name)? else {
             return Ok(false);
         };
         // Subscribed before the request exists, so the announcement cannot be missed.
         let watch = LinkWatch::subscribe().map_err(SocketError::Open)?;
         let mut msg = LinkMessage::default();
-        msg.header.index = link.index;
+        msg.header.index = index;
         let request = encode(Rt::DelLink(msg), Flags::Ack, 1);
         if let Err(e) = crate::linger::send_detached(&request) {
             tracing::warn!(error = %e, ifname = name, "cannot start the link deleter; deleting in-line");
             return self.delete_link(name);
         }
-        match watch.wait_unlisted(link.index) {
+        match watch.wait_unlisted(index) {
             Ok(true) => Ok(true),
             outcome => {
                 // Overrun, timeout or a broken socket: ask the kernel ourselves.

@@ -103,7 +103,7 @@ pub trait Wiring: Send {
 
 pub struct KernelWiring {
     host: NetlinkSocket,
-    delete: Cleanup,
+    cleanup: Cleanup,
 }
 
 fn step<'a>(step: &'static str, ifname: &'a str) -> impl FnOnce(SocketError) -> WiringError + 'a {
@@ -115,9 +115,9 @@ fn step<'a>(step: &'static str, ifname: &'a str) -> impl FnOnce(SocketError) -> 
 }
 
 impl KernelWiring {
-    pub fn new(delete: Cleanup) -> Result<Self, WiringError> {
+    pub fn new(cleanup: Cleanup) -> Result<Self, WiringError> {
         let host = NetlinkSocket::open().map_err(step("open netlink", "host"))?;
-        Ok(Self { host, delete })
+        Ok(Self { host, cleanup })
     }
 
     fn wire_pod(
@@ -214,7 +214,7 @@ impl Wiring for KernelWiring {
     }
 
     fn detach(&mut self, host_ifname: &str) -> Result<bool, WiringError> {
-        match self.delete {
+        match self.cleanup {
             Cleanup::Background => self.host.delete_link_background(host_ifname),
             Cleanup::Wait => self.host.delete_link(host_ifname),
         }
