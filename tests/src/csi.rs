@@ -447,3 +447,14 @@ impl Cluster {
         Ok(target)
     }
 }
+
+/// Await a call (an RPC, an attach) that must be refused, check that the
+/// refusal carries `code`, and return it for further checks.
+pub async fn refused<T: std::fmt::Debug>(
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+    code: tonic::Code,
+) -> tonic::Status {
+    let status = call.await.expect_err("the call must be refused");
+    assert_eq!(status.code(), code, "{status:?}");
+    status
+}

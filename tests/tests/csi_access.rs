@@ -1,7 +1,7 @@
 //! Access modes enforced at the mount, and volumes owned by their project:
 //! the built driver over its socket, real mounts checked with real writes.
 
-use moat_e2e::csi::{block_cap, mount_cap, write_in, Cluster, Mode, MIB};
+use moat_e2e::csi::{block_cap, mount_cap, refused, write_in, Cluster, Mode, MIB};
 use tonic::Code;
 
 const EROFS: i32 = 30;
@@ -21,22 +21,22 @@ async fn rwo_writes_on_one_node_and_refuses_a_second_node() {
         .await
         .unwrap();
     write_in(&target, "hello", "from n1").expect("write into an RWO volume");
-    let second = c
-        .attach(1, &id, cap.clone(), false, "shop", "pod-b")
-        .await
-        .unwrap_err();
-    assert_eq!(second.code(), Code::FailedPrecondition, "{second:?}");
+    let second = refused(
+        c.attach(1, &id, cap.clone(), false, "shop", "pod-b"),
+        Code::FailedPrecondition,
+    )
+    .await;
     assert!(
         second.message().contains("n1"),
         "names the holder: {}",
         second.message()
     );
     // A CO that skips ControllerPublish meets the same rule at the node.
-    let direct = c
-        .node_attach(1, &id, cap, false, "shop", "pod-c")
-        .await
-        .unwrap_err();
-    assert_eq!(direct.code(), Code::FailedPrecondition, "{direct:?}");
+    refused(
+        c.node_attach(1, &id, cap, false, "shop", "pod-c"),
+        Code::FailedPrecondition,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -82,11 +82,11 @@ async fn rwop_refuses_a_second_target() {
         .await
         .unwrap();
     write_in(&first, "a", "b").unwrap();
-    let second = c
-        .attach(0, &id, cap, false, "shop", "pod-b")
-        .await
-        .unwrap_err();
-    assert_eq!(second.code(), Code::FailedPrecondition, "{second:?}");
+    let second = refused(
+        c.attach(0, &id, cap, false, "shop", "pod-b"),
+        Code::FailedPrecondition,
+    )
+    .await;
     assert!(second.message().contains(&first), "{}", second.message());
 }
 
@@ -138,11 +138,11 @@ async fn another_project_is_denied_unless_the_class_shares_the_volume() {
     let c = Cluster::new(&["n1"]);
     let cap = mount_cap(Mode::MultiNodeMultiWriter, "");
     let id = c.create("pvc-private", 64 * MIB, cap.clone(), "shop").await;
-    let denied = c
-        .node_attach(0, &id, cap.clone(), false, "blog", "blog-pod")
-        .await
-        .unwrap_err();
-    assert_eq!(denied.code(), Code::PermissionDenied, "{denied:?}");
+    refused(
+        c.node_attach(0, &id, cap.clone(), false, "blog", "blog-pod"),
+        Code::PermissionDenied,
+    )
+    .await;
     // volume_context is the PV author's to write: it must not grant access.
     let mut forged = moat_e2e::csi::publish_req(
         &id,
@@ -155,13 +155,8 @@ async fn another_project_is_denied_unless_the_class_shares_the_volume() {
     forged
         .volume_context
         .insert("csi.storage.k8s.io/pvc/namespace".into(), "blog".into());
-    let e = c
-        .node(0)
-        .await
-        .node_publish_volume(forged)
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::PermissionDenied);
+    let mut node = c.node(0).await;
+    refused(node.node_publish_volume(forged), Code::PermissionDenied).await;
 
     let mut req = moat_e2e::csi::create_req("pvc-shared", 64 * MIB, cap.clone(), "shop");
     req.parameters
@@ -181,11 +176,11 @@ async fn another_project_is_denied_unless_the_class_shares_the_volume() {
         .await
         .unwrap();
     write_in(&t, "x", "y").unwrap();
-    let other = c
-        .node_attach(0, &shared, cap, false, "ci", "ci-pod")
-        .await
-        .unwrap_err();
-    assert_eq!(other.code(), Code::PermissionDenied);
+    refused(
+        c.node_attach(0, &shared, cap, false, "ci", "ci-pod"),
+        Code::PermissionDenied,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,7 +2,7 @@
 //! consistent (SIGTERM restarts, SIGKILL at crash points and at random).
 
 use moat_csi_proto as csi;
-use moat_e2e::csi::{create_req, is_mounted, mount_cap, write_in, Cluster, Mode, MIB};
+use moat_e2e::csi::{create_req, is_mounted, mount_cap, refused, write_in, Cluster, Mode, MIB};
 use nix::sys::signal::Signal;
 use tonic::Code;
 
@@ -38,11 +38,11 @@ async fn restart_keeps_volumes_and_publications() {
         "yes"
     );
     // The publication is still known: RWOP still refuses a second target.
-    let e = c
-        .node_attach(0, &id, cap, false, "shop", "other")
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Code::FailedPrecondition);
+    refused(
+        c.node_attach(0, &id, cap, false, "shop", "other"),
+        Code::FailedPrecondition,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -97,15 +97,12 @@ async fn a_crash_during_create_or_publish_then_restart_is_consistent() {
         is_mounted(&target),
         "the mount made before the crash is there"
     );
-    let e = c
-        .node_attach(0, &id, cap, false, "shop", "second")
-        .await
-        .unwrap_err();
-    assert_eq!(
-        e.code(),
+    // And it is known after the restart.
+    refused(
+        c.node_attach(0, &id, cap, false, "shop", "second"),
         Code::FailedPrecondition,
-        "and it is known after restart"
-    );
+    )
+    .await;
     let unpub = csi::NodeUnpublishVolumeRequest {
         volume_id: id.clone(),
         target_path: target.clone(),
