@@ -379,3 +379,78 @@ fn concurrent_adds_dels_and_policy_changes_lose_nothing() {
     );
     assert!(reach(&pods[2].ns, pods[0].ip(true), Proto::Tcp), "a → a");
 }
+
+/// A local pod's tenant comes from its host veth's interface group, one per
+/// project, so an ADD adds no per-pod jump element; the group outlives its
+/// project's pods, follows joins, and CHECK notices a veth moved out of it.
+#[test]
+fn local_pods_find_their_tenant_by_their_projects_interface_group() {
+    let node = Node::new(dual_stack_conf("1.1.0"));
+    let pods = attach(&node, &["a", "b", "a", "kube-system"]);
+    let group = |pod: &Pod| -> u64 {
+        let host = pod.result["interfaces"][0]["name"].as_str().unwrap();
+        let out = node.ns.ip(&["-j", "link", "show", "dev", host]);
+        let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        links[0]["group"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .expect("a numbered group")
+    };
+    let (ga, gb) = (group(&pods[0]), group(&pods[1]));
+    assert_eq!(group(&pods[2]), ga, "one group per project");
+    assert_ne!(ga, gb);
+    let map = |n: &Node| -> BTreeSet<String> {
+        let listing = n.nft_table().expect("table");
+        let maps = listing["nftables"].as_array().unwrap().iter();
+        let m = maps
+            .filter_map(|o| o.get("map"))
+            .find(|m| m["name"] == "tenantgrp")
+            .expect("group map");
+        let elems = m["elem"].as_array().cloned().unwrap_or_default();
+        elems
+            .iter()
+            .map(|e| format!("{}:{}", e[0], e[1]["jump"]["target"].as_str().unwrap()))
+            .collect()
+    };
+    let want = |pairs: &[(u64, &str)]| -> BTreeSet<String> {
+        pairs.iter().map(|(g, c)| format!("{g}:{c}")).collect()
+    };
+    assert_eq!(
+        map(&node),
+        want(&[(ga, "tenant-a"), (gb, "tenant-b")]),
+        "none for the global project"
+    );
+    let listing = node.nft_table().unwrap();
+    for per_address in ["tenant4", "tenant6"] {
+        let m = listing["nftables"].as_array().unwrap().iter();
+        let m = m
+            .filter_map(|o| o.get("map"))
+            .find(|m| m["name"] == per_address);
+        assert!(
+            m.unwrap().get("elem").is_none(),
+            "{per_address}: no pod elements"
+        );
+    }
+    node.cli(&["project", "join", "a", "b"]).ok();
+    assert_eq!(map(&node), want(&[(ga, "tenant-a"), (gb, "tenant-a")]));
+    node.cli(&["project", "isolate", "b"]).ok();
+    for pod in [&pods[0], &pods[2]] {
+        node.del(pod).ok();
+    }
+    let again = attach(&node, &["a"]);
+    assert_eq!(group(&again[0]), ga, "the project keeps its group");
+    assert_eq!(map(&node), want(&[(ga, "tenant-a"), (gb, "tenant-b")]));
+    let mut conf = node.conf.clone();
+    conf["prevResult"] = pods[1].result.clone();
+    node.call_with(&pods[1].call("CHECK"), &conf).ok();
+    let host = pods[1].result["interfaces"][0]["name"].as_str().unwrap();
+    node.ns
+        .ip(&["link", "set", "dev", host, "group", &ga.to_string()]);
+    let out = node.call_with(&pods[1].call("CHECK"), &conf);
+    assert_eq!(out.code(), 103, "{out:?}");
+    assert!(
+        out.json()["msg"].as_str().unwrap().contains("group"),
+        "{out:?}"
+    );
+}

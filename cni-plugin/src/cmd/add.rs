@@ -3,7 +3,7 @@
 use serde_json::Value;
 use tracing::{info, warn};
 
-use super::isolation::pod_changed;
+use super::isolation::{pod_changed, project_group};
 use super::naming::{host_ifname, link_alias};
 use super::Ctx;
 use crate::firewall::Firewall;
@@ -88,8 +88,10 @@ fn reserve<S: IpStore, W: Wiring, F: Firewall>(
     let ips = allocated.map_err(|e| match e {
         AllocError::Exhausted { .. } => CniError::from_error(Code::Exhausted, &e),
     })?;
+    let group = project_group(ctx.conf, &*ctx.store, &project)?;
     let record = Attachment {
         host_ifname: host_ifname(&key),
+        group,
         key,
         netns: ctx.inv.netns.as_ref().map(|p| p.display().to_string()),
         ips,
@@ -132,6 +134,7 @@ fn wire<S: IpStore, W: Wiring, F: Firewall>(
         mtu: ctx.conf.mtu,
         ips: record.ips.clone(),
         alias: link_alias(&ctx.conf.name, &record.key),
+        group: record.group,
     };
     ctx.wiring
         .attach(&plan)

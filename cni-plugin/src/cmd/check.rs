@@ -85,6 +85,13 @@ pub(super) fn compare(record: &Attachment, seen: &Observed) -> Result<(), String
     if !host.up {
         return Err(format!("host veth {} is down", record.host_ifname));
     }
+    // The firewall finds the pod's tenant by this group.
+    if record.group != 0 && host.group != record.group {
+        return Err(format!(
+            "host veth {} is in interface group {}, not its project's {}",
+            record.host_ifname, host.group, record.group
+        ));
+    }
     let pod = seen
         .pod_link
         .as_ref()

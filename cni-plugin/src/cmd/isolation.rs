@@ -3,13 +3,15 @@
 
 use std::collections::BTreeSet;
 
+use serde::{Deserialize, Serialize};
+
 use tracing::{info, warn};
 
 use crate::firewall::Firewall;
 use crate::ipam::{Attachment, IpStore};
 use crate::policy::file::{load, save};
 use crate::policy::peers::{self, Peer};
-use crate::policy::ruleset::{full, pod_change, tenants_with_chains};
+use crate::policy::ruleset::{full, pod_change, tenants_with_chains, Groups, Known};
 use crate::policy::{PodEntry, Policy, Project, Role, TableSpec};
 use crate::spec::{CniError, Code, NetConf};
 
@@ -77,6 +79,7 @@ fn entry(record: &Attachment) -> Option<PodEntry> {
         host_ifname: record.host_ifname.clone(),
         ips: record.ips.clone(),
         project,
+        group: record.group,
     })
 }
 
@@ -84,23 +87,76 @@ fn fw_err(e: crate::firewall::FirewallError) -> CniError {
     CniError::from_error(Code::Firewall, &e)
 }
 
-/// Tenants whose chain our table has, as last built. Absent before the first
-/// build in this state directory: then an ADD builds the whole table at once.
-fn chains_path(conf: &NetConf) -> std::path::PathBuf {
-    conf.state_dir().join("chains.json")
+/// What this node's table holds beyond the pods' own elements, as last
+/// built, and the interface group of every project that had a pod here.
+/// Lives in the run directory with the records: a reboot removes the veths
+/// that carry the groups, and the table, together with it.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Layout {
+    /// Never reused while the file lives: a veth keeps its group until DEL.
+    groups: Groups,
+    /// `None` after the file was lost: the next change rebuilds the table.
+    built: Option<Built>,
 }
 
-fn load_chains(conf: &NetConf) -> Option<BTreeSet<Project>> {
-    let bytes = std::fs::read(chains_path(conf)).ok()?;
-    serde_json::from_slice(&bytes).ok()
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Built {
+    /// Tenants with a chain.
+    chains: BTreeSet<Project>,
+    /// Groups with an element in the group map.
+    mapped: BTreeSet<u32>,
 }
 
-/// Best effort: a missing or stale file only costs a rebuild or a remade chain.
-fn save_chains(conf: &NetConf, chains: &BTreeSet<Project>) {
-    let json = serde_json::to_vec(chains).expect("projects serialise");
-    if let Err(e) = crate::durable::replace(&conf.state_dir(), "chains.json", &json) {
-        warn!(error = %e, "cannot record the tenant chains");
+const LAYOUT: &str = "layout.json";
+
+/// The layout, or one recovered from the records (their groups are exactly
+/// the ones live veths carry) with nothing known to be built.
+fn load_layout<S: IpStore>(conf: &NetConf, store: &S) -> Result<Layout, CniError> {
+    if let Ok(bytes) = std::fs::read(conf.state_dir().join(LAYOUT)) {
+        if let Ok(layout) = serde_json::from_slice(&bytes) {
+            return Ok(layout);
+        }
     }
+    let records = store
+        .list()
+        .map_err(|e| CniError::from_error(Code::Io, &e))?;
+    let mut groups = Groups::new();
+    for r in records.iter().filter(|r| r.group != 0) {
+        if let Ok(p) = Project::new(&r.project) {
+            groups.entry(p).or_insert(r.group);
+        }
+    }
+    Ok(Layout {
+        groups,
+        built: None,
+    })
+}
+
+fn save_layout(conf: &NetConf, layout: &Layout) -> Result<(), CniError> {
+    let json = serde_json::to_vec(layout).expect("layout serialises");
+    crate::durable::replace(&conf.state_dir(), LAYOUT, &json)
+        .map_err(|e| CniError::from_error(Code::Io, &e))
+}
+
+/// The interface group of `project`'s veths on this node: its own number,
+/// given at its first pod and saved before any veth carries it, so that two
+/// projects never share one. 0 when isolation is off.
+pub fn project_group<S: IpStore>(
+    conf: &NetConf,
+    store: &S,
+    project: &Project,
+) -> Result<u32, CniError> {
+    if !conf.isolation.enabled {
+        return Ok(0);
+    }
+    let mut layout = load_layout(conf, store)?;
+    if let Some(g) = layout.groups.get(project) {
+        return Ok(*g);
+    }
+    let next = layout.groups.values().max().map_or(1, |g| g + 1);
+    layout.groups.insert(project.clone(), next);
+    save_layout(conf, &layout)?;
+    Ok(next)
 }
 
 /// Make the whole table from persisted state, in one transaction.
@@ -110,14 +166,28 @@ pub fn rebuild<S: IpStore, F: Firewall>(
     fw: &mut F,
     policy: &Policy,
 ) -> Result<(), CniError> {
+    let mut layout = load_layout(conf, store)?;
     let records = store
         .list()
         .map_err(|e| CniError::from_error(Code::Io, &e))?;
     let pods: Vec<PodEntry> = records.iter().filter_map(entry).collect();
     let peers = load_peers(conf)?;
-    fw.apply("rebuild", &full(&spec(conf), policy, &pods, &peers))
+    let groups = &layout.groups;
+    fw.apply("rebuild", &full(&spec(conf), policy, &pods, &peers, groups))
         .map_err(fw_err)?;
-    save_chains(conf, &tenants_with_chains(policy, &pods, &peers));
+    let mapped = groups
+        .iter()
+        .filter(|(p, _)| matches!(policy.role(p), Role::Tenant(_)))
+        .map(|(_, g)| *g)
+        .collect();
+    layout.built = Some(Built {
+        chains: tenants_with_chains(policy, &pods, &peers, groups),
+        mapped,
+    });
+    // Best effort: a lost file costs a rebuild, not correctness.
+    if let Err(e) = save_layout(conf, &layout) {
+        warn!(error = %e, "cannot record the table layout");
+    }
     info!(table = %conf.isolation.table, pods = pods.len(), peers = peers.len(), "table rebuilt");
     Ok(())
 }
@@ -138,23 +208,32 @@ pub fn pod_changed<S: IpStore, F: Firewall>(
         return Ok(());
     };
     let policy = load_policy(conf)?;
-    let Some(mut chains) = load_chains(conf) else {
+    let mut layout = load_layout(conf, store)?;
+    let Some(built) = layout.built.as_mut() else {
         return rebuild(conf, store, fw, &policy);
     };
     let tenant = match policy.role(&pod.project) {
         Role::Tenant(t) => Some(t),
         Role::Global => None,
     };
-    let exists = tenant.as_ref().is_none_or(|t| chains.contains(t));
+    let known = Known {
+        chain: tenant.as_ref().is_none_or(|t| built.chains.contains(t)),
+        group: tenant.is_none() || pod.group == 0 || built.mapped.contains(&pod.group),
+    };
     let what = if added { "pod add" } else { "pod delete" };
-    let batch = pod_change(&spec(conf), &policy, &pod, added, exists);
+    let batch = pod_change(&spec(conf), &policy, &pod, added, known);
     if let Err(e) = fw.apply(what, &batch) {
         info!(error = %e, "incremental update failed; rebuilding the table");
         return rebuild(conf, store, fw, &policy);
     }
-    if let (true, false, Some(t)) = (added, exists, tenant) {
-        chains.insert(t);
-        save_chains(conf, &chains);
+    if let (true, Some(t)) = (added && !(known.chain && known.group), tenant) {
+        built.chains.insert(t);
+        if pod.group != 0 {
+            built.mapped.insert(pod.group);
+        }
+        if let Err(e) = save_layout(conf, &layout) {
+            warn!(error = %e, "cannot record the table layout");
+        }
     }
     Ok(())
 }

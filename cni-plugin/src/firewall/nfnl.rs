@@ -115,13 +115,15 @@ fn key(e: &Elem) -> Vec<u8> {
         Elem::Addr(a) | Elem::Jump(a, _) => addr_bytes(a),
         Elem::Ifname(n) => ifname_bytes(n),
         Elem::IfAddr(n, a) => [ifname_bytes(n), addr_bytes(a)].concat(),
+        // `meta iifgroup` loads the device's group in host order.
+        Elem::GroupJump(g, _) => g.to_ne_bytes().to_vec(),
     }
 }
 
 fn element(list: &mut Attrs, e: &Elem) {
     list.nested(NFTA_LIST_ELEM, |el| {
         el.nested(NFTA_SET_ELEM_KEY, |k| k.put(NFTA_DATA_VALUE, &key(e)));
-        if let Elem::Jump(_, chain) = e {
+        if let Elem::Jump(_, chain) | Elem::GroupJump(_, chain) = e {
             el.nested(NFTA_SET_ELEM_DATA, |d| {
                 d.nested(NFTA_DATA_VERDICT, |v| {
                     v.put(NFTA_VERDICT_CODE, &NFT_JUMP.to_be_bytes());

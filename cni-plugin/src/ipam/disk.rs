@@ -255,6 +255,7 @@ mod tests {
             ips: ips.iter().map(|s| s.parse().unwrap()).collect(),
             project: "p".into(),
             pod_name: None,
+            group: 0,
             complete: true,
         }
     }

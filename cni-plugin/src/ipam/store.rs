@@ -38,6 +38,10 @@ pub struct Attachment {
     pub ips: Vec<IpAddr>,
     pub project: String,
     pub pod_name: Option<String>,
+    /// Interface group of the host veth (its project's, see
+    /// `cmd::isolation::project_group`); 0: none.
+    #[serde(default)]
+    pub group: u32,
     /// False until ADD finished; a false record found later is a crashed ADD.
     pub complete: bool,
 }

@@ -32,6 +32,7 @@ pub struct LinkInfoLite {
     pub alias: Option<String>,
     pub up: bool,
     pub is_veth: bool,
+    pub group: u32,
 }
 
 pub struct VethRequest<'a> {
@@ -40,6 +41,7 @@ pub struct VethRequest<'a> {
     pub peer_netns: RawFd,
     pub mtu: u32,
     pub host_mac: [u8; 6],
+    pub group: u32,
 }
 
 impl NetlinkSocket {
@@ -54,6 +56,7 @@ impl NetlinkSocket {
             .name(req.host.to_string())
             .mtu(req.mtu)
             .address(req.host_mac.to_vec())
+            .link_group(req.group)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
             .build();
         self.request("create veth", Rt::NewLink(msg), Flags::CreateExcl)
@@ -262,12 +265,14 @@ fn link_lite(m: Rt) -> Option<LinkInfoLite> {
         alias: None,
         up: l.header.flags.contains(LinkFlags::Up),
         is_veth: false,
+        group: 0,
     };
     for a in l.attributes {
         match a {
             LinkAttribute::IfName(n) => out.name = n,
             LinkAttribute::Address(m) => out.mac = m,
             LinkAttribute::IfAlias(s) => out.alias = Some(s),
+            LinkAttribute::Group(g) => out.group = g,
             LinkAttribute::LinkInfo(infos) => {
                 out.is_veth = infos
                     .iter()

@@ -41,6 +41,8 @@ pub struct AttachPlan {
     pub ips: Vec<IpAddr>,
     /// Link alias on the host veth; names network and attachment for GC.
     pub alias: String,
+    /// Interface group of the host veth: the firewall finds the pod's tenant by it.
+    pub group: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -174,6 +176,7 @@ impl Wiring for KernelWiring {
             peer_netns: ns.as_raw_fd(),
             mtu: plan.mtu,
             host_mac: HOST_MAC,
+            group: plan.group,
         };
         self.host
             .create_veth(&req)

@@ -111,6 +111,8 @@ pub enum Elem {
     IfAddr(String, std::net::IpAddr),
     /// `addr : jump chain` in a verdict map.
     Jump(std::net::IpAddr, String),
+    /// `devgroup : jump chain`: a project's interface group to its tenant.
+    GroupJump(u32, String),
 }
 
 impl Elem {
@@ -120,6 +122,7 @@ impl Elem {
             Elem::Ifname(n) => json!(n),
             Elem::IfAddr(n, a) => concat(vec![json!(n), json!(a.to_string())]),
             Elem::Jump(a, chain) => json!([a.to_string(), jump(chain)]),
+            Elem::GroupJump(g, chain) => json!([g, jump(chain)]),
         }
     }
 }

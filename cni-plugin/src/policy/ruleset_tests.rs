@@ -3,8 +3,9 @@
 use serde_json::Value;
 
 use super::model::{Policy, Project};
+use super::nftjson::Elem;
 use super::peers::Peer;
-use super::ruleset::{full, pod_change, PodEntry, TableSpec};
+use super::ruleset::{full, pod_change, Groups, Known, PodEntry, TableSpec, GROUP_MAP};
 
 fn p(name: &str) -> Project {
     Project::new(name).unwrap()
@@ -27,7 +28,33 @@ fn pod(i: u32, project: &str) -> PodEntry {
             format!("fd00::{:x}", i + 2).parse().unwrap(),
         ],
         project: p(project),
+        group: 0,
     }
+}
+
+/// Groups numbered in order of first appearance, as `project_group` does.
+fn grouped(mut pods: Vec<PodEntry>) -> (Vec<PodEntry>, Groups) {
+    let mut groups = Groups::new();
+    for pod in &mut pods {
+        let next = groups.len() as u32 + 1;
+        pod.group = *groups.entry(pod.project.clone()).or_insert(next);
+    }
+    (pods, groups)
+}
+
+const NONE: &[(&str, &str)] = &[];
+
+/// The group map as (group, chain) pairs.
+fn group_map(cmds: &[Value]) -> Vec<(u64, String)> {
+    elements_of(cmds, "add", GROUP_MAP)
+        .iter()
+        .map(|e| {
+            (
+                e[0].as_u64().unwrap(),
+                e[1]["jump"]["target"].as_str().unwrap().into(),
+            )
+        })
+        .collect()
 }
 
 /// (verb, kind, name) of every command, e.g. ("add", "element", "pods4").
@@ -82,22 +109,30 @@ fn chains(cmds: &[Value]) -> Vec<String> {
 #[test]
 fn rule_count_is_independent_of_pods_and_projects() {
     let policy = Policy::with_global([p("kube-system")]);
-    let few: Vec<_> = (0..3).map(|i| pod(i, "a")).collect();
-    let many: Vec<_> = (0..1000)
-        .map(|i| pod(i, &format!("p{}", i % 100)))
-        .collect();
-    let base = full(&spec(false, true), &policy, &few, &[]).rule_count();
+    let (few, g_few) = grouped((0..3).map(|i| pod(i, "a")).collect());
+    let (many, g_many) = grouped(
+        (0..1000)
+            .map(|i| pod(i, &format!("p{}", i % 100)))
+            .collect(),
+    );
+    let base = full(&spec(false, true), &policy, &few, &[], &g_few).rule_count();
     // Each tenant chain holds two rules (v4, v6); the per-packet path visits one.
     let tenants = |n: usize| 2 * n;
     assert_eq!(
-        full(&spec(false, true), &policy, &many, &[]).rule_count() - tenants(100),
+        full(&spec(false, true), &policy, &many, &[], &g_many).rule_count() - tenants(100),
         base - tenants(1)
     );
 }
 
 #[test]
 fn full_replaces_the_table_atomically() {
-    let b = full(&spec(false, true), &Policy::default(), &[], &[]);
+    let b = full(
+        &spec(false, true),
+        &Policy::default(),
+        &[],
+        &[],
+        &Groups::new(),
+    );
     let o = ops(&b.cmds);
     let head: Vec<_> = o
         .iter()
@@ -111,8 +146,14 @@ fn full_replaces_the_table_atomically() {
 fn tenant_pods_map_to_their_tenant_chain_and_global_pods_to_the_global_set() {
     let mut policy = Policy::with_global([p("kube-system")]);
     policy.join(&[p("b"), p("a")]).unwrap();
-    let pods = [pod(0, "a"), pod(1, "b"), pod(2, "c"), pod(3, "kube-system")];
-    let b = full(&spec(false, true), &policy, &pods, &[]);
+    let (pods, groups) = grouped(vec![
+        pod(0, "a"),
+        pod(1, "b"),
+        pod(2, "c"),
+        pod(3, "kube-system"),
+        pod(4, "a"),
+    ]);
+    let b = full(&spec(false, true), &policy, &pods, &[], &groups);
     let mut tenant_chains: Vec<_> = chains(&b.cmds)
         .into_iter()
         .filter(|c| c.starts_with("tenant-"))
@@ -123,15 +164,18 @@ fn tenant_pods_map_to_their_tenant_chain_and_global_pods_to_the_global_set() {
         ["tenant-a", "tenant-c"],
         "a and b share the chain of a"
     );
+    let to = |c: &str| c.to_string();
     assert_eq!(
-        tenant_map(&b.cmds),
-        pairs(&[
-            ("10.1.0.2", "tenant-a"),
-            ("10.1.0.3", "tenant-a"),
-            ("10.1.0.4", "tenant-c")
-        ])
+        group_map(&b.cmds),
+        [
+            (1, to("tenant-a")),
+            (2, to("tenant-a")),
+            (3, to("tenant-c"))
+        ],
+        "one element per project, none for a global one"
     );
-    assert_eq!(elements_of(&b.cmds, "add", "tenant-a-4").len(), 2);
+    assert_eq!(tenant_map(&b.cmds), pairs(NONE), "no element per pod");
+    assert_eq!(elements_of(&b.cmds, "add", "tenant-a-4").len(), 3);
     assert_eq!(
         elements_of(&b.cmds, "add", "global4"),
         [Value::from("10.1.0.5")]
@@ -140,8 +184,21 @@ fn tenant_pods_map_to_their_tenant_chain_and_global_pods_to_the_global_set() {
         elements_of(&b.cmds, "add", "global6"),
         [Value::from("fd00::5")]
     );
-    assert_eq!(elements_of(&b.cmds, "add", "pods6").len(), 4);
-    assert_eq!(elements_of(&b.cmds, "add", "podsrc4").len(), 4);
+    assert_eq!(elements_of(&b.cmds, "add", "pods6").len(), 5);
+    assert_eq!(elements_of(&b.cmds, "add", "podsrc4").len(), 5);
+}
+
+#[test]
+fn a_veth_without_a_group_finds_its_tenant_by_address() {
+    let b = full(
+        &spec(false, true),
+        &Policy::default(),
+        &[pod(0, "a")],
+        &[],
+        &Groups::new(),
+    );
+    assert_eq!(tenant_map(&b.cmds), pairs(&[("10.1.0.2", "tenant-a")]));
+    assert!(group_map(&b.cmds).is_empty());
 }
 
 #[test]
@@ -153,6 +210,7 @@ fn egress_deny_puts_the_project_pods_in_the_deny_sets() {
         &policy,
         &[pod(0, "a"), pod(1, "b")],
         &[],
+        &Groups::new(),
     );
     assert_eq!(
         elements_of(&b.cmds, "add", "egress_deny4"),
@@ -167,8 +225,12 @@ fn egress_deny_puts_the_project_pods_in_the_deny_sets() {
 #[test]
 fn pod_change_touches_elements_only_and_deletes_what_add_added() {
     let policy = Policy::default();
-    let added = pod_change(&spec(false, true), &policy, &pod(7, "a"), true, false);
-    let removed = pod_change(&spec(false, true), &policy, &pod(7, "a"), false, true);
+    let new = Known {
+        chain: false,
+        group: true,
+    };
+    let added = pod_change(&spec(false, true), &policy, &pod(7, "a"), true, new);
+    let removed = pod_change(&spec(false, true), &policy, &pod(7, "a"), false, new);
     assert_eq!(removed.rule_count(), 0);
     assert!(ops(&removed.cmds)
         .iter()
@@ -185,7 +247,13 @@ fn pod_change_touches_elements_only_and_deletes_what_add_added() {
 
 #[test]
 fn log_drops_adds_a_rate_limited_log_chain_and_masquerade_is_optional() {
-    let plain = full(&spec(false, false), &Policy::default(), &[], &[]);
+    let plain = full(
+        &spec(false, false),
+        &Policy::default(),
+        &[],
+        &[],
+        &Groups::new(),
+    );
     assert!(!chains(&plain.cmds).iter().any(|c| c == "postrouting"));
     let logs = |b: &super::nftjson::Batch| -> Vec<Value> {
         b.cmds
@@ -196,7 +264,13 @@ fn log_drops_adds_a_rate_limited_log_chain_and_masquerade_is_optional() {
             .collect()
     };
     assert!(logs(&plain).is_empty());
-    let logged = full(&spec(true, true), &Policy::default(), &[], &[]);
+    let logged = full(
+        &spec(true, true),
+        &Policy::default(),
+        &[],
+        &[],
+        &Groups::new(),
+    );
     assert!(chains(&logged.cmds).iter().any(|c| c == "postrouting"));
     let rules = logs(&logged);
     assert_eq!(rules.len(), 4, "local and peer sources, per family");
@@ -226,7 +300,13 @@ fn peers_join_their_tenant_but_a_local_pod_keeps_its_address() {
         peer("10.2.0.7", "d"),
         peer("10.1.0.2", "d"), // stale: that address is a local pod of a now
     ];
-    let b = full(&spec(false, true), &policy, &[pod(0, "a")], &peers);
+    let b = full(
+        &spec(false, true),
+        &policy,
+        &[pod(0, "a")],
+        &peers,
+        &Groups::new(),
+    );
     assert_eq!(
         tenant_map(&b.cmds),
         pairs(&[
@@ -253,7 +333,11 @@ fn peers_join_their_tenant_but_a_local_pod_keeps_its_address() {
 #[test]
 fn an_existing_tenant_chain_is_not_remade_on_add() {
     let policy = Policy::default();
-    let again = pod_change(&spec(false, true), &policy, &pod(8, "a"), true, true);
+    let known = Known {
+        chain: true,
+        group: true,
+    };
+    let again = pod_change(&spec(false, true), &policy, &pod(8, "a"), true, known);
     assert_eq!(again.rule_count(), 0);
     assert!(
         ops(&again.cmds)
@@ -261,4 +345,32 @@ fn an_existing_tenant_chain_is_not_remade_on_add() {
             .all(|(v, k, _)| v == "add" && k == "element"),
         "only additions: no grace period"
     );
+}
+
+#[test]
+fn only_a_projects_first_pod_adds_a_jump_element() {
+    let policy = Policy::default();
+    let mut first = pod(9, "a");
+    first.group = 4;
+    let fresh = Known {
+        chain: false,
+        group: false,
+    };
+    let b = pod_change(&spec(false, true), &policy, &first, true, fresh);
+    assert_eq!(group_map(&b.cmds), [(4, "tenant-a".to_string())]);
+    assert_eq!(tenant_map(&b.cmds), pairs(NONE));
+    let known = Known {
+        chain: true,
+        group: true,
+    };
+    for add in [true, false] {
+        let b = pod_change(&spec(false, true), &policy, &first, add, known);
+        let jumps = b
+            .elements
+            .iter()
+            .flat_map(|op| &op.elems)
+            .filter(|e| matches!(e, Elem::Jump(..) | Elem::GroupJump(..)))
+            .count();
+        assert_eq!(jumps, 0, "add={add}: no jump element, no chain validation");
+    }
 }
