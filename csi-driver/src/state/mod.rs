@@ -13,8 +13,8 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 
-use nix::fcntl::{Flock, FlockArg};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -46,10 +46,35 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
 
 pub struct Store {
     dir: PathBuf,
+    /// The lock file, opened once: an open and a close per locked RPC were a
+    /// tenth of a publish's syscalls. flock excludes other processes only
+    /// (every thread here shares this open file), so the mutex excludes threads.
+    lock_file: Mutex<File>,
 }
 
 /// Held while a read-modify-write of shared records is in progress.
-pub struct StateLock(#[allow(dead_code)] Flock<File>);
+pub struct StateLock<'a>(MutexGuard<'a, File>);
+
+impl Drop for StateLock<'_> {
+    fn drop(&mut self) {
+        // Closing would release it too, but the file stays open for the next lock.
+        let _ = flock(&self.0, nix::libc::LOCK_UN);
+    }
+}
+
+fn flock(file: &File, op: nix::libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    loop {
+        // SAFETY: flock on a descriptor this process owns; no memory involved.
+        if unsafe { nix::libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Self, StateError> {
@@ -57,24 +82,25 @@ impl Store {
             let d = dir.join(sub);
             fs::create_dir_all(&d).map_err(io_err(&d))?;
         }
-        Ok(Self { dir: dir.into() })
-    }
-
-    pub fn lock(&self) -> Result<StateLock, StateError> {
-        let path = self.dir.join("lock");
-        let file = OpenOptions::new()
+        let path = dir.join("lock");
+        let lock_file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .mode(0o600)
             .open(&path)
             .map_err(io_err(&path))?;
-        Flock::lock(file, FlockArg::LockExclusive)
-            .map(StateLock)
-            .map_err(|(_, e)| StateError::Io {
-                path,
-                source: e.into(),
-            })
+        Ok(Self {
+            dir: dir.into(),
+            lock_file: Mutex::new(lock_file),
+        })
+    }
+
+    pub fn lock(&self) -> Result<StateLock<'_>, StateError> {
+        // A thread that panicked under the lock released the flock on unwind.
+        let file = self.lock_file.lock().unwrap_or_else(|e| e.into_inner());
+        flock(&file, nix::libc::LOCK_EX).map_err(io_err(&self.dir.join("lock")))?;
+        Ok(StateLock(file))
     }
 
     fn volume_path(&self, id: &str) -> PathBuf {
