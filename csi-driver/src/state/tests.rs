@@ -48,3 +48,29 @@ fn adding_an_existing_publication_replaces_it() {
     assert_eq!(s.publications("vol-1").unwrap(), vec![p]);
     fs::remove_dir_all(dir).unwrap();
 }
+
+/// The threads share one open lock file, which flock cannot tell apart: the
+/// lock must still let one read-modify-write run at a time, also against a
+/// second store (another process's view) on the same directory.
+#[test]
+fn the_lock_serialises_threads_of_one_store_and_two_stores() {
+    let (s, dir) = store();
+    let other = Store::open(&dir).unwrap();
+    let counter = dir.join("counter");
+    fs::write(&counter, "0").unwrap();
+    std::thread::scope(|scope| {
+        for i in 0..8 {
+            let (store, counter) = (if i % 2 == 0 { &s } else { &other }, &counter);
+            scope.spawn(move || {
+                for _ in 0..50 {
+                    let _lock = store.lock().unwrap();
+                    let n: u32 = fs::read_to_string(counter).unwrap().parse().unwrap();
+                    std::thread::yield_now();
+                    fs::write(counter, (n + 1).to_string()).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(fs::read_to_string(&counter).unwrap(), "400");
+    let _ = fs::remove_dir_all(&dir);
+}
