@@ -385,6 +385,7 @@ fn concurrent_adds_dels_and_policy_changes_lose_nothing() {
 /// project's pods, follows joins, and CHECK notices a veth moved out of it.
 #[test]
 fn local_pods_find_their_tenant_by_their_projects_interface_group() {
+    const ACCEPT: &str = r#"{"accept":null}"#;
     let node = Node::new(dual_stack_conf("1.1.0"));
     let pods = attach(&node, &["a", "b", "a", "kube-system"]);
     let group = |pod: &Pod| -> u64 {
@@ -397,7 +398,7 @@ fn local_pods_find_their_tenant_by_their_projects_interface_group() {
             .parse()
             .expect("a numbered group")
     };
-    let (ga, gb) = (group(&pods[0]), group(&pods[1]));
+    let (ga, gb, gk) = (group(&pods[0]), group(&pods[1]), group(&pods[3]));
     assert_eq!(group(&pods[2]), ga, "one group per project");
     assert_ne!(ga, gb);
     let map = |n: &Node| -> BTreeSet<String> {
@@ -410,7 +411,10 @@ fn local_pods_find_their_tenant_by_their_projects_interface_group() {
         let elems = m["elem"].as_array().cloned().unwrap_or_default();
         elems
             .iter()
-            .map(|e| format!("{}:{}", e[0], e[1]["jump"]["target"].as_str().unwrap()))
+            .map(|e| match e[1]["jump"]["target"].as_str() {
+                Some(chain) => format!("{}:{chain}", e[0]),
+                None => format!("{}:{}", e[0], e[1]),
+            })
             .collect()
     };
     let want = |pairs: &[(u64, &str)]| -> BTreeSet<String> {
@@ -418,8 +422,8 @@ fn local_pods_find_their_tenant_by_their_projects_interface_group() {
     };
     assert_eq!(
         map(&node),
-        want(&[(ga, "tenant-a"), (gb, "tenant-b")]),
-        "none for the global project"
+        want(&[(ga, "tenant-a"), (gb, "tenant-b"), (gk, ACCEPT)]),
+        "a global project's pods pass"
     );
     let listing = node.nft_table().unwrap();
     for per_address in ["tenant4", "tenant6"] {
@@ -433,14 +437,20 @@ fn local_pods_find_their_tenant_by_their_projects_interface_group() {
         );
     }
     node.cli(&["project", "join", "a", "b"]).ok();
-    assert_eq!(map(&node), want(&[(ga, "tenant-a"), (gb, "tenant-a")]));
+    assert_eq!(
+        map(&node),
+        want(&[(ga, "tenant-a"), (gb, "tenant-a"), (gk, ACCEPT)])
+    );
     node.cli(&["project", "isolate", "b"]).ok();
     for pod in [&pods[0], &pods[2]] {
         node.del(pod).ok();
     }
     let again = attach(&node, &["a"]);
     assert_eq!(group(&again[0]), ga, "the project keeps its group");
-    assert_eq!(map(&node), want(&[(ga, "tenant-a"), (gb, "tenant-b")]));
+    assert_eq!(
+        map(&node),
+        want(&[(ga, "tenant-a"), (gb, "tenant-b"), (gk, ACCEPT)])
+    );
     let mut conf = node.conf.clone();
     conf["prevResult"] = pods[1].result.clone();
     node.call_with(&pods[1].call("CHECK"), &conf).ok();

@@ -175,11 +175,7 @@ pub fn rebuild<S: IpStore, F: Firewall>(
     let groups = &layout.groups;
     fw.apply("rebuild", &full(&spec(conf), policy, &pods, &peers, groups))
         .map_err(fw_err)?;
-    let mapped = groups
-        .iter()
-        .filter(|(p, _)| matches!(policy.role(p), Role::Tenant(_)))
-        .map(|(_, g)| *g)
-        .collect();
+    let mapped = groups.values().copied().collect();
     layout.built = Some(Built {
         chains: tenants_with_chains(policy, &pods, &peers, groups),
         mapped,
@@ -218,7 +214,7 @@ pub fn pod_changed<S: IpStore, F: Firewall>(
     };
     let known = Known {
         chain: tenant.as_ref().is_none_or(|t| built.chains.contains(t)),
-        group: tenant.is_none() || pod.group == 0 || built.mapped.contains(&pod.group),
+        group: pod.group == 0 || built.mapped.contains(&pod.group),
     };
     let what = if added { "pod add" } else { "pod delete" };
     let batch = pod_change(&spec(conf), &policy, &pod, added, known);
@@ -226,8 +222,8 @@ pub fn pod_changed<S: IpStore, F: Firewall>(
         info!(error = %e, "incremental update failed; rebuilding the table");
         return rebuild(conf, store, fw, &policy);
     }
-    if let (true, Some(t)) = (added && !(known.chain && known.group), tenant) {
-        built.chains.insert(t);
+    if added && !(known.chain && known.group) {
+        built.chains.extend(tenant);
         if pod.group != 0 {
             built.mapped.insert(pod.group);
         }

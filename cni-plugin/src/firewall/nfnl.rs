@@ -17,7 +17,7 @@ use std::time::Duration;
 use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 
 use crate::netlink::socket::connected;
-use crate::policy::nftjson::{Batch, Elem, ElementOp};
+use crate::policy::nftjson::{Batch, Elem, ElementOp, Verdict};
 
 mod tenant;
 
@@ -45,6 +45,7 @@ const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
 const NFTA_VERDICT_CHAIN: u16 = 2;
 const NFT_JUMP: i32 = -3;
+const NF_ACCEPT: i32 = 1;
 const IFNAMSIZ: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
@@ -112,22 +113,25 @@ fn ifname_bytes(name: &str) -> Vec<u8> {
 /// each padded to 4 bytes (an interface name already is).
 fn key(e: &Elem) -> Vec<u8> {
     match e {
-        Elem::Addr(a) | Elem::Jump(a, _) => addr_bytes(a),
+        Elem::Addr(a) | Elem::AddrMap(a, _) => addr_bytes(a),
         Elem::Ifname(n) => ifname_bytes(n),
         Elem::IfAddr(n, a) => [ifname_bytes(n), addr_bytes(a)].concat(),
         // `meta iifgroup` loads the device's group in host order.
-        Elem::GroupJump(g, _) => g.to_ne_bytes().to_vec(),
+        Elem::GroupMap(g, _) => g.to_ne_bytes().to_vec(),
     }
 }
 
 fn element(list: &mut Attrs, e: &Elem) {
     list.nested(NFTA_LIST_ELEM, |el| {
         el.nested(NFTA_SET_ELEM_KEY, |k| k.put(NFTA_DATA_VALUE, &key(e)));
-        if let Elem::Jump(_, chain) | Elem::GroupJump(_, chain) = e {
+        if let Elem::AddrMap(_, verdict) | Elem::GroupMap(_, verdict) = e {
             el.nested(NFTA_SET_ELEM_DATA, |d| {
-                d.nested(NFTA_DATA_VERDICT, |v| {
-                    v.put(NFTA_VERDICT_CODE, &NFT_JUMP.to_be_bytes());
-                    v.put_str(NFTA_VERDICT_CHAIN, chain);
+                d.nested(NFTA_DATA_VERDICT, |v| match verdict {
+                    Verdict::Jump(chain) => {
+                        v.put(NFTA_VERDICT_CODE, &NFT_JUMP.to_be_bytes());
+                        v.put_str(NFTA_VERDICT_CHAIN, chain);
+                    }
+                    Verdict::Accept => v.put(NFTA_VERDICT_CODE, &NF_ACCEPT.to_be_bytes()),
                 })
             })
         }
@@ -339,7 +343,11 @@ mod tests {
         let v6: IpAddr = "fd00::1".parse().unwrap();
         assert_eq!(key(&Elem::IfAddr("x".into(), v6)).len(), 32);
         let mut batch = Batch::new("moat");
-        batch.element(true, "tenant4", vec![Elem::Jump(ip, "tenant-a".into())]);
+        batch.element(
+            true,
+            "tenant4",
+            vec![Elem::AddrMap(ip, Verdict::Jump("tenant-a".into()))],
+        );
         let bytes = encode(&messages("moat", &batch), 7);
         // begin (20 bytes), the element message, end (20 bytes), all aligned.
         assert_eq!(bytes.len() % 4, 0);

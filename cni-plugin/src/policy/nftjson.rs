@@ -109,10 +109,26 @@ pub enum Elem {
     Ifname(String),
     /// `ifname . addr`
     IfAddr(String, std::net::IpAddr),
-    /// `addr : jump chain` in a verdict map.
-    Jump(std::net::IpAddr, String),
-    /// `devgroup : jump chain`: a project's interface group to its tenant.
-    GroupJump(u32, String),
+    /// `addr : verdict` in a verdict map.
+    AddrMap(std::net::IpAddr, Verdict),
+    /// `devgroup : verdict`: a project's interface group to its tenant.
+    GroupMap(u32, Verdict),
+}
+
+/// What a verdict-map element sends a packet to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Jump(String),
+    Accept,
+}
+
+impl Verdict {
+    fn to_json(&self) -> Value {
+        match self {
+            Verdict::Jump(chain) => jump(chain),
+            Verdict::Accept => verdict("accept"),
+        }
+    }
 }
 
 impl Elem {
@@ -121,8 +137,8 @@ impl Elem {
             Elem::Addr(a) => json!(a.to_string()),
             Elem::Ifname(n) => json!(n),
             Elem::IfAddr(n, a) => concat(vec![json!(n), json!(a.to_string())]),
-            Elem::Jump(a, chain) => json!([a.to_string(), jump(chain)]),
-            Elem::GroupJump(g, chain) => json!([g, jump(chain)]),
+            Elem::AddrMap(a, v) => json!([a.to_string(), v.to_json()]),
+            Elem::GroupMap(g, v) => json!([g, v.to_json()]),
         }
     }
 }

@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 
 use super::model::{Policy, Project, Role};
 use super::nftjson::{
-    concat, counter, ct, in_set, jump, matches, meta, not_in_set, verdict, Batch, Elem, Fam, FAMS,
+    concat, counter, ct, in_set, jump, matches, meta, not_in_set, verdict, Batch, Elem, Fam,
+    Verdict, FAMS,
 };
 use super::peers::Peer;
 
@@ -88,13 +89,9 @@ pub fn full(
         Role::Global => None,
     };
     for (project, group) in groups {
-        if let Some(t) = ensure_chain(&mut b, project) {
-            b.element(
-                true,
-                GROUP_MAP,
-                vec![Elem::GroupJump(*group, tenant_chain(&t))],
-            );
-        }
+        ensure_chain(&mut b, project);
+        let v = role_verdict(policy, project);
+        b.element(true, GROUP_MAP, vec![Elem::GroupMap(*group, v)]);
     }
     let mut local: BTreeSet<IpAddr> = BTreeSet::new();
     for pod in pods {
@@ -161,16 +158,22 @@ pub fn pod_change(
         if !known.chain {
             b.new_tenant_chain(&tenant_chain(&t));
         }
-        if !known.group && pod.group != 0 {
-            b.element(
-                true,
-                GROUP_MAP,
-                vec![Elem::GroupJump(pod.group, tenant_chain(&t))],
-            );
-        }
+    }
+    if add && !known.group && pod.group != 0 {
+        let v = role_verdict(policy, &pod.project);
+        b.element(true, GROUP_MAP, vec![Elem::GroupMap(pod.group, v)]);
     }
     pod_elements(&mut b, policy, pod, add);
     b
+}
+
+/// Where a project's packets go in the verdict maps: its tenant's chain, or
+/// straight through for a global project.
+fn role_verdict(policy: &Policy, project: &Project) -> Verdict {
+    match policy.role(project) {
+        Role::Tenant(t) => Verdict::Jump(tenant_chain(&t)),
+        Role::Global => Verdict::Accept,
+    }
 }
 
 fn declare_family_sets(b: &mut Batch, spec: &TableSpec, f: Fam) {
@@ -223,15 +226,13 @@ fn member_elements(
     by_address: bool,
 ) {
     let f = Fam::of(&ip);
+    if by_address {
+        let v = role_verdict(policy, project);
+        b.element(add, &f.name("tenant"), vec![Elem::AddrMap(ip, v)]);
+    }
     match policy.role(project) {
         Role::Global => b.element(add, &f.name("global"), vec![Elem::Addr(ip)]),
-        Role::Tenant(t) => {
-            let chain = tenant_chain(&t);
-            if by_address {
-                b.element(add, &f.name("tenant"), vec![Elem::Jump(ip, chain.clone())]);
-            }
-            b.element(add, &f.tenant_set(&chain), vec![Elem::Addr(ip)]);
-        }
+        Role::Tenant(t) => b.element(add, &f.tenant_set(&tenant_chain(&t)), vec![Elem::Addr(ip)]),
     }
 }
 
@@ -316,18 +317,11 @@ fn base_chains(b: &mut Batch, spec: &TableSpec) {
 fn to_pod_chain(b: &mut Batch, f: Fam, log: bool) {
     let chain = f.name("to_pod");
     b.add_chain(&chain, None);
-    b.add_rule(
-        &chain,
-        vec![in_set(f.saddr(), &f.name("global")), verdict("accept")],
-    );
-    b.add_rule(
-        &chain,
-        vec![in_set(f.daddr(), &f.name("global")), verdict("accept")],
-    );
-    // Same tenant: the source pod's tenant chain accepts if the destination
-    // is a member. A local pod's tenant comes from its host veth's group
-    // (only our veths: an admin may group other links), a remote pod's from
-    // its address.
+    // The source's project first: a tenant's chain accepts if the
+    // destination is a member, a global project's pods pass. A local pod's
+    // project comes from its host veth's group (only our veths: an admin may
+    // group other links), a remote pod's from its address. Same-tenant
+    // traffic, the bulk, is through after three lookups.
     b.add_rule(
         &chain,
         vec![
@@ -338,6 +332,11 @@ fn to_pod_chain(b: &mut Batch, f: Fam, log: bool) {
     b.add_rule(
         &chain,
         vec![json!({"vmap": {"key": f.saddr(), "data": format!("@{}", f.name("tenant"))}})],
+    );
+    // Anything may reach a global project's pods.
+    b.add_rule(
+        &chain,
+        vec![in_set(f.daddr(), &f.name("global")), verdict("accept")],
     );
     // Any other local pod: a cross-tenant packet, whatever conntrack thinks of it.
     // Local pods, then pods of other nodes not of this tenant (or not synced

@@ -48,12 +48,7 @@ const NONE: &[(&str, &str)] = &[];
 fn group_map(cmds: &[Value]) -> Vec<(u64, String)> {
     elements_of(cmds, "add", GROUP_MAP)
         .iter()
-        .map(|e| {
-            (
-                e[0].as_u64().unwrap(),
-                e[1]["jump"]["target"].as_str().unwrap().into(),
-            )
-        })
+        .map(|e| (e[0].as_u64().unwrap(), target(&e[1])))
         .collect()
 }
 
@@ -77,17 +72,19 @@ fn elements_of(cmds: &[Value], verb: &str, set: &str) -> Vec<Value> {
         .collect()
 }
 
-/// The IPv4 tenant verdict map as (address, chain) pairs.
+/// A verdict-map element's verdict: the chain it jumps to, or "accept".
+fn target(verdict: &Value) -> String {
+    match verdict["jump"]["target"].as_str() {
+        Some(chain) => chain.into(),
+        None => verdict.as_object().unwrap().keys().next().unwrap().clone(),
+    }
+}
+
+/// The IPv4 tenant verdict map as (address, verdict) pairs.
 fn tenant_map(cmds: &[Value]) -> Vec<(String, String)> {
     elements_of(cmds, "add", "tenant4")
         .iter()
-        .map(|e| {
-            let target = &e[1]["jump"]["target"];
-            (
-                e[0].as_str().unwrap().into(),
-                target.as_str().unwrap().into(),
-            )
-        })
+        .map(|e| (e[0].as_str().unwrap().into(), target(&e[1])))
         .collect()
 }
 
@@ -170,9 +167,10 @@ fn tenant_pods_map_to_their_tenant_chain_and_global_pods_to_the_global_set() {
         [
             (1, to("tenant-a")),
             (2, to("tenant-a")),
-            (3, to("tenant-c"))
+            (3, to("tenant-c")),
+            (4, to("accept"))
         ],
-        "one element per project, none for a global one"
+        "one element per project; a global one's pods pass"
     );
     assert_eq!(tenant_map(&b.cmds), pairs(NONE), "no element per pod");
     assert_eq!(elements_of(&b.cmds, "add", "tenant-a-4").len(), 3);
@@ -312,6 +310,7 @@ fn peers_join_their_tenant_but_a_local_pod_keeps_its_address() {
         pairs(&[
             ("10.1.0.2", "tenant-a"),
             ("10.2.0.5", "tenant-a"),
+            ("10.2.0.6", "accept"),
             ("10.2.0.7", "tenant-d")
         ])
     );
@@ -369,8 +368,29 @@ fn only_a_projects_first_pod_adds_a_jump_element() {
             .elements
             .iter()
             .flat_map(|op| &op.elems)
-            .filter(|e| matches!(e, Elem::Jump(..) | Elem::GroupJump(..)))
+            .filter(|e| matches!(e, Elem::AddrMap(..) | Elem::GroupMap(..)))
             .count();
         assert_eq!(jumps, 0, "add={add}: no jump element, no chain validation");
     }
+}
+
+#[test]
+fn a_global_projects_first_pod_maps_its_group_to_accept() {
+    let policy = Policy::with_global([p("kube-system")]);
+    let mut dns = pod(3, "kube-system");
+    dns.group = 2;
+    let fresh = Known {
+        chain: false,
+        group: false,
+    };
+    let b = pod_change(&spec(false, true), &policy, &dns, true, fresh);
+    assert_eq!(group_map(&b.cmds), [(2, "accept".to_string())]);
+    assert!(
+        chains(&b.cmds).is_empty(),
+        "no tenant chain for a global project"
+    );
+    assert_eq!(
+        elements_of(&b.cmds, "add", "global4"),
+        [Value::from("10.1.0.5")]
+    );
 }
