@@ -68,18 +68,27 @@ pub async fn serve(
         let _ = stopping_tx.send(());
     };
     let serving = router.serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
-    // A graceful stop waits for clients to close their connections; kubelet
-    // keeps its own open, so in-flight RPCs get a bounded grace and no more.
+    // A graceful stop waits for clients to close their connections, and
+    // kubelet keeps its own open: stop once no operation is in progress
+    // (a mount, a copy, an mkfs get up to the grace), not when the client
+    // hangs up.
+    let inflight = ctx.inflight.clone();
     let deadline = async {
-        if stopping.await.is_ok() {
-            tokio::time::sleep(grace).await;
+        if stopping.await.is_err() {
+            return std::future::pending::<()>().await;
+        }
+        let start = tokio::time::Instant::now();
+        while !inflight.is_idle() && start.elapsed() < grace {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !inflight.is_idle() {
             warn!(
                 grace_s = grace.as_secs(),
-                "connections still open: stopping anyway"
+                "operations still running after the grace: stopping anyway"
             );
-        } else {
-            std::future::pending::<()>().await;
         }
+        // The last answers reach their sockets.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     };
     tokio::select! {
         r = serving => r?,

@@ -242,7 +242,20 @@ async fn a_stale_socket_is_replaced_and_sigterm_removes_it() {
         .unwrap()
         .into_inner();
     assert_eq!(info.node_id, "n1");
-    c.nodes[0].stop(Signal::SIGTERM);
+    // kubelet keeps its connection open: an idle one must not hold the stop
+    // for the grace (10 s by default), only an operation in progress may.
+    let mut kept = c.node(0).await;
+    kept.node_get_info(csi::NodeGetInfoRequest {})
+        .await
+        .unwrap();
+    let t = std::time::Instant::now();
+    nix::sys::signal::kill(c.nodes[0].pid(), Signal::SIGTERM).unwrap();
+    assert!(c.nodes[0].wait_exit().success());
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(2),
+        "an idle connection held the stop for {:?}",
+        t.elapsed()
+    );
     assert!(
         !c.nodes[0].socket.exists(),
         "graceful shutdown removes the socket"

@@ -53,6 +53,11 @@ pub struct InFlightGuard {
 }
 
 impl InFlight {
+    /// No operation in progress.
+    pub fn is_idle(&self) -> bool {
+        self.0.lock().expect("in-flight set").is_empty()
+    }
+
     /// ABORTED while another operation holds `key`, as the spec asks.
     pub fn begin(self: &Arc<Self>, key: &str) -> Result<InFlightGuard, Status> {
         let mut set = self.0.lock().expect("in-flight set");
