@@ -401,6 +401,13 @@ fn local_pods_find_their_tenant_by_their_projects_interface_group() {
     let (ga, gb, gk) = (group(&pods[0]), group(&pods[1]), group(&pods[3]));
     assert_eq!(group(&pods[2]), ga, "one group per project");
     assert_ne!(ga, gb);
+    let listed = node.cli(&["pods"]).ok().stdout;
+    let host_a = pods[0].result["interfaces"][0]["name"].as_str().unwrap();
+    let line = listed.lines().find(|l| l.contains(host_a)).unwrap();
+    assert!(
+        line.split_whitespace().any(|w| w == ga.to_string()),
+        "moat pods shows the group: {line}"
+    );
     let map = |n: &Node| -> BTreeSet<String> {
         let listing = n.nft_table().expect("table");
         let maps = listing["nftables"].as_array().unwrap().iter();

@@ -44,8 +44,8 @@ pub fn policy(policy: &Policy, store: &DiskStore) -> Result<String, CniError> {
 
 pub fn pods(policy: &Policy, store: &DiskStore) -> Result<String, CniError> {
     let mut out = format!(
-        "{:<24} {:<16} {:<20} {:<16} {}\n",
-        "POD", "PROJECT", "ROLE", "HOST IF", "ADDRESSES"
+        "{:<24} {:<16} {:<20} {:<16} {:<6} {}\n",
+        "POD", "PROJECT", "ROLE", "HOST IF", "GROUP", "ADDRESSES"
     );
     let mut records = store.list().map_err(io)?;
     records.sort_by(|a, b| (&a.project, &a.pod_name).cmp(&(&b.project, &b.pod_name)));
@@ -57,11 +57,12 @@ pub fn pods(policy: &Policy, store: &DiskStore) -> Result<String, CniError> {
             .unwrap_or_else(|| r.key.container_id.chars().take(24).collect());
         let _ = writeln!(
             out,
-            "{:<24} {:<16} {:<20} {:<16} {}{}",
+            "{:<24} {:<16} {:<20} {:<16} {:<6} {}{}",
             name,
             r.project,
             role_name(policy, &r.project),
             r.host_ifname,
+            r.group,
             ips.join(","),
             if r.complete { "" } else { " (incomplete)" }
         );
