@@ -248,18 +248,7 @@ async fn a_stale_socket_is_replaced_and_sigterm_removes_it() {
     kept.node_get_info(csi::NodeGetInfoRequest {})
         .await
         .unwrap();
-    let t = std::time::Instant::now();
-    nix::sys::signal::kill(c.nodes[0].pid(), Signal::SIGTERM).unwrap();
-    assert!(c.nodes[0].wait_exit().success());
-    assert!(
-        t.elapsed() < std::time::Duration::from_secs(2),
-        "an idle connection held the stop for {:?}",
-        t.elapsed()
-    );
-    assert!(
-        !c.nodes[0].socket.exists(),
-        "graceful shutdown removes the socket"
-    );
+    sigterm_stops_within(&mut c.nodes[0], 2);
 
     // A client that keeps its connection open and says nothing (a hung
     // kubelet) must not hold the driver past its grace.
@@ -267,13 +256,21 @@ async fn a_stale_socket_is_replaced_and_sigterm_removes_it() {
     c.start(Some(0));
     c.node(0).await;
     let _silent = std::os::unix::net::UnixStream::connect(&c.nodes[0].socket).unwrap();
+    sigterm_stops_within(&mut c.nodes[0], 5);
+}
+
+/// SIGTERM: a clean exit within `secs`, and the socket removed.
+fn sigterm_stops_within(driver: &mut moat_e2e::csi::Process, secs: u64) {
     let t = std::time::Instant::now();
-    nix::sys::signal::kill(c.nodes[0].pid(), Signal::SIGTERM).unwrap();
-    assert!(c.nodes[0].wait_exit().success());
+    nix::sys::signal::kill(driver.pid(), nix::sys::signal::Signal::SIGTERM).unwrap();
+    assert!(driver.wait_exit().success());
+    let took = t.elapsed();
     assert!(
-        t.elapsed() < std::time::Duration::from_secs(5),
-        "{:?}",
-        t.elapsed()
+        took < std::time::Duration::from_secs(secs),
+        "stopped after {took:?}"
     );
-    assert!(!c.nodes[0].socket.exists());
+    assert!(
+        !driver.socket.exists(),
+        "graceful shutdown removes the socket"
+    );
 }

@@ -44,6 +44,27 @@ fn grouped(mut pods: Vec<PodEntry>) -> (Vec<PodEntry>, Groups) {
 
 const NONE: &[(&str, &str)] = &[];
 
+/// The table of a node without pods, peers or policy.
+fn empty_table(log_drops: bool, masquerade: bool) -> super::nftjson::Batch {
+    full(
+        &spec(log_drops, masquerade),
+        &Policy::default(),
+        &[],
+        &[],
+        &Groups::new(),
+    )
+}
+
+/// A project new to the node, and one whose chain and group the table has.
+const FRESH: Known = Known {
+    chain: false,
+    group: false,
+};
+const KNOWN: Known = Known {
+    chain: true,
+    group: true,
+};
+
 /// The group map as (group, chain) pairs.
 fn group_map(cmds: &[Value]) -> Vec<(u64, String)> {
     elements_of(cmds, "add", GROUP_MAP)
@@ -123,13 +144,7 @@ fn rule_count_is_independent_of_pods_and_projects() {
 
 #[test]
 fn full_replaces_the_table_atomically() {
-    let b = full(
-        &spec(false, true),
-        &Policy::default(),
-        &[],
-        &[],
-        &Groups::new(),
-    );
+    let b = empty_table(false, true);
     let o = ops(&b.cmds);
     let head: Vec<_> = o
         .iter()
@@ -225,7 +240,7 @@ fn pod_change_touches_elements_only_and_deletes_what_add_added() {
     let policy = Policy::default();
     let new = Known {
         chain: false,
-        group: true,
+        ..KNOWN
     };
     let added = pod_change(&spec(false, true), &policy, &pod(7, "a"), true, new);
     let removed = pod_change(&spec(false, true), &policy, &pod(7, "a"), false, new);
@@ -245,13 +260,7 @@ fn pod_change_touches_elements_only_and_deletes_what_add_added() {
 
 #[test]
 fn log_drops_adds_a_rate_limited_log_chain_and_masquerade_is_optional() {
-    let plain = full(
-        &spec(false, false),
-        &Policy::default(),
-        &[],
-        &[],
-        &Groups::new(),
-    );
+    let plain = empty_table(false, false);
     assert!(!chains(&plain.cmds).iter().any(|c| c == "postrouting"));
     let logs = |b: &super::nftjson::Batch| -> Vec<Value> {
         b.cmds
@@ -262,13 +271,7 @@ fn log_drops_adds_a_rate_limited_log_chain_and_masquerade_is_optional() {
             .collect()
     };
     assert!(logs(&plain).is_empty());
-    let logged = full(
-        &spec(true, true),
-        &Policy::default(),
-        &[],
-        &[],
-        &Groups::new(),
-    );
+    let logged = empty_table(true, true);
     assert!(chains(&logged.cmds).iter().any(|c| c == "postrouting"));
     let rules = logs(&logged);
     assert_eq!(rules.len(), 4, "local and peer sources, per family");
@@ -332,11 +335,7 @@ fn peers_join_their_tenant_but_a_local_pod_keeps_its_address() {
 #[test]
 fn an_existing_tenant_chain_is_not_remade_on_add() {
     let policy = Policy::default();
-    let known = Known {
-        chain: true,
-        group: true,
-    };
-    let again = pod_change(&spec(false, true), &policy, &pod(8, "a"), true, known);
+    let again = pod_change(&spec(false, true), &policy, &pod(8, "a"), true, KNOWN);
     assert_eq!(again.rule_count(), 0);
     assert!(
         ops(&again.cmds)
@@ -351,19 +350,11 @@ fn only_a_projects_first_pod_adds_a_jump_element() {
     let policy = Policy::default();
     let mut first = pod(9, "a");
     first.group = 4;
-    let fresh = Known {
-        chain: false,
-        group: false,
-    };
-    let b = pod_change(&spec(false, true), &policy, &first, true, fresh);
+    let b = pod_change(&spec(false, true), &policy, &first, true, FRESH);
     assert_eq!(group_map(&b.cmds), [(4, "tenant-a".to_string())]);
     assert_eq!(tenant_map(&b.cmds), pairs(NONE));
-    let known = Known {
-        chain: true,
-        group: true,
-    };
     for add in [true, false] {
-        let b = pod_change(&spec(false, true), &policy, &first, add, known);
+        let b = pod_change(&spec(false, true), &policy, &first, add, KNOWN);
         let jumps = b
             .elements
             .iter()
@@ -379,11 +370,7 @@ fn a_global_projects_first_pod_maps_its_group_to_accept() {
     let policy = Policy::with_global([p("kube-system")]);
     let mut dns = pod(3, "kube-system");
     dns.group = 2;
-    let fresh = Known {
-        chain: false,
-        group: false,
-    };
-    let b = pod_change(&spec(false, true), &policy, &dns, true, fresh);
+    let b = pod_change(&spec(false, true), &policy, &dns, true, FRESH);
     assert_eq!(group_map(&b.cmds), [(2, "accept".to_string())]);
     assert!(
         chains(&b.cmds).is_empty(),
