@@ -247,6 +247,21 @@ fn nfproto(f: Fam) -> Value {
 fn base_chains(b: &mut Batch, spec: &TableSpec) {
     // Anti-spoofing before conntrack and DNAT: a pod's packets must carry its own address.
     b.add_chain("prerouting", Some(("filter", "prerouting", PRIO_RAW)));
+    // The common case first, in one lookup: a pod's packet with its own
+    // address. Our veths carry a group (a project's number), most other links
+    // none: they skip the lookup at a compare.
+    for f in FAMS {
+        b.add_rule(
+            "prerouting",
+            vec![
+                nfproto(f),
+                matches(meta("iifgroup"), "!=", json!(0)),
+                in_set(concat(vec![meta("iifname"), f.saddr()]), &f.name("podsrc")),
+                verdict("return"),
+            ],
+        );
+    }
+    // Link-local and unspecified sources (NDP, DAD) are the pod's too.
     for ll in ["fe80::/10", "::"] {
         let (addr, len) = ll
             .split_once('/')
@@ -255,7 +270,6 @@ fn base_chains(b: &mut Batch, spec: &TableSpec) {
             "prerouting",
             vec![
                 nfproto(FAMS[1]),
-                in_set(meta("iifname"), "podif"),
                 matches(
                     FAMS[1].saddr(),
                     "==",
