@@ -470,4 +470,19 @@ fn local_pods_find_their_tenant_by_their_projects_interface_group() {
         out.json()["msg"].as_str().unwrap().contains("group"),
         "{out:?}"
     );
+    // A project whose pods have all left is pruned at the next rebuild:
+    // group element and tenant chain (short-lived namespaces must not pile up).
+    node.del(&pods[1]).ok();
+    node.cli(&["reconcile"]).ok();
+    assert_eq!(map(&node), want(&[(ga, "tenant-a"), (gk, ACCEPT)]));
+    let listing = node.nft_table().unwrap();
+    let chains = listing["nftables"].as_array().unwrap().iter();
+    let mut chains = chains.filter_map(|o| o.pointer("/chain/name"));
+    assert!(!chains.any(|c| c == "tenant-b"), "tenant-b pruned");
+    let newcomer = attach(&node, &["c"]);
+    let gc = group(&newcomer[0]);
+    assert!(
+        ![ga, gk].contains(&gc),
+        "a live project's number is never reused"
+    );
 }

@@ -93,7 +93,8 @@ fn fw_err(e: crate::firewall::FirewallError) -> CniError {
 /// that carry the groups, and the table, together with it.
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Layout {
-    /// Never reused while the file lives: a veth keeps its group until DEL.
+    /// Unique among the node's veths: a project keeps its number until a
+    /// rebuild finds it without pods.
     groups: Groups,
     /// `None` after the file was lost: the next change rebuilds the table.
     built: Option<Built>,
@@ -140,7 +141,8 @@ fn save_layout(conf: &NetConf, layout: &Layout) -> Result<(), CniError> {
 
 /// The interface group of `project`'s veths on this node: its own number,
 /// given at its first pod and saved before any veth carries it, so that two
-/// projects never share one. 0 when isolation is off.
+/// projects never share one (a number is only dropped, by a rebuild, once no
+/// record and so no veth has it). 0 when isolation is off.
 pub fn project_group<S: IpStore>(
     conf: &NetConf,
     store: &S,
@@ -172,6 +174,11 @@ pub fn rebuild<S: IpStore, F: Firewall>(
         .map_err(|e| CniError::from_error(Code::Io, &e))?;
     let pods: Vec<PodEntry> = records.iter().filter_map(entry).collect();
     let peers = load_peers(conf)?;
+    // Projects without a pod here any more (short-lived namespaces come and
+    // go) lose their group, element and chain: no veth carries the number,
+    // and the map and chains stay as small as the node's projects.
+    let live: BTreeSet<&Project> = pods.iter().map(|p| &p.project).collect();
+    layout.groups.retain(|p, _| live.contains(p));
     let groups = &layout.groups;
     fw.apply("rebuild", &full(&spec(conf), policy, &pods, &peers, groups))
         .map_err(fw_err)?;
