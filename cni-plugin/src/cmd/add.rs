@@ -88,7 +88,7 @@ fn reserve<S: IpStore, W: Wiring, F: Firewall>(
     let ips = allocated.map_err(|e| match e {
         AllocError::Exhausted { .. } => CniError::from_error(Code::Exhausted, &e),
     })?;
-    let group = project_group(ctx.conf, &*ctx.store, &project)?;
+    let (group, layout) = project_group(ctx.conf, &*ctx.store, &project)?;
     let record = Attachment {
         host_ifname: host_ifname(&key),
         group,
@@ -104,7 +104,7 @@ fn reserve<S: IpStore, W: Wiring, F: Firewall>(
         ctx.store.set_last_reserved(i, *ip).map_err(store_err)?;
     }
     // Filter before the veth exists, so the pod's first packet is already policed.
-    if let Err(e) = pod_changed(ctx.conf, ctx.store, ctx.firewall, &record, true) {
+    if let Err(e) = pod_changed(ctx.conf, ctx.store, ctx.firewall, &record, true, layout) {
         let _ = ctx.store.remove(&record.key);
         return Err(e);
     }
@@ -166,7 +166,8 @@ fn rollback<S: IpStore, W: Wiring, F: Firewall>(ctx: &mut Ctx<S, W, F>, record: 
         .map_err(|e| e.to_string())
         .and_then(|_lock| {
             ctx.store.remove(&record.key).map_err(|e| e.to_string())?;
-            pod_changed(ctx.conf, ctx.store, ctx.firewall, record, false).map_err(|e| e.to_string())
+            pod_changed(ctx.conf, ctx.store, ctx.firewall, record, false, None)
+                .map_err(|e| e.to_string())
         });
     if let Err(e) = removed {
         warn!(container_id = %record.key.container_id, error = %e, "rollback: cannot release addresses");

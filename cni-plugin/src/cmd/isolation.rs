@@ -142,23 +142,24 @@ fn save_layout(conf: &NetConf, layout: &Layout) -> Result<(), CniError> {
 /// The interface group of `project`'s veths on this node: its own number,
 /// given at its first pod and saved before any veth carries it, so that two
 /// projects never share one (a number is only dropped, by a rebuild, once no
-/// record and so no veth has it). 0 when isolation is off.
+/// record and so no veth has it). 0 when isolation is off. The layout it
+/// read goes on to [`pod_changed`], which need not read it again.
 pub fn project_group<S: IpStore>(
     conf: &NetConf,
     store: &S,
     project: &Project,
-) -> Result<u32, CniError> {
+) -> Result<(u32, Option<Layout>), CniError> {
     if !conf.isolation.enabled {
-        return Ok(0);
+        return Ok((0, None));
     }
     let mut layout = load_layout(conf, store)?;
     if let Some(g) = layout.groups.get(project) {
-        return Ok(*g);
+        return Ok((*g, Some(layout)));
     }
     let next = layout.groups.values().max().map_or(1, |g| g + 1);
     layout.groups.insert(project.clone(), next);
     save_layout(conf, &layout)?;
-    Ok(next)
+    Ok((next, Some(layout)))
 }
 
 /// Make the whole table from persisted state, in one transaction.
@@ -197,12 +198,14 @@ pub fn rebuild<S: IpStore, F: Firewall>(
 
 /// Add or remove one pod's elements; if that fails (the table was flushed,
 /// an element was already gone) rebuild everything from the records instead.
+/// `layout`: as [`project_group`] just read it, or `None` to read it here.
 pub fn pod_changed<S: IpStore, F: Firewall>(
     conf: &NetConf,
     store: &S,
     fw: &mut F,
     record: &Attachment,
     added: bool,
+    layout: Option<Layout>,
 ) -> Result<(), CniError> {
     if !conf.isolation.enabled {
         return Ok(());
@@ -211,7 +214,10 @@ pub fn pod_changed<S: IpStore, F: Firewall>(
         return Ok(());
     };
     let policy = load_policy(conf)?;
-    let mut layout = load_layout(conf, store)?;
+    let mut layout = match layout {
+        Some(l) => l,
+        None => load_layout(conf, store)?,
+    };
     let Some(built) = layout.built.as_mut() else {
         return rebuild(conf, store, fw, &policy);
     };

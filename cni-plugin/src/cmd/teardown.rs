@@ -40,7 +40,7 @@ pub(super) fn forget<S: IpStore, F: Firewall>(
     // A writer killed mid-ADD may have left a temp file; under the lock none is live.
     store.sweep().map_err(io)?;
     if let Some(r) = &record {
-        pod_changed(conf, store, firewall, r, false)?;
+        pod_changed(conf, store, firewall, r, false, None)?;
     }
     Ok(record)
 }
