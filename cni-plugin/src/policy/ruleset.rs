@@ -27,7 +27,7 @@ pub struct PodEntry {
     pub group: u32,
 }
 
-/// Project → interface group, for every project that had a pod on this node.
+/// Project → interface group, for the projects with pods on this node.
 pub type Groups = BTreeMap<Project, u32>;
 
 /// The map from a local pod's interface group to its tenant chain.
@@ -79,14 +79,12 @@ pub fn full(
     }
     base_chains(&mut b, spec);
     let mut tenants: BTreeSet<Project> = BTreeSet::new();
-    let mut ensure_chain = |b: &mut Batch, project: &Project| match policy.role(project) {
-        Role::Tenant(t) => {
+    let mut ensure_chain = |b: &mut Batch, project: &Project| {
+        if let Role::Tenant(t) = policy.role(project) {
             if tenants.insert(t.clone()) {
                 b.new_tenant_chain(&tenant_chain(&t));
             }
-            Some(t)
         }
-        Role::Global => None,
     };
     for (project, group) in groups {
         ensure_chain(&mut b, project);
@@ -140,7 +138,8 @@ pub struct Known {
 /// transaction that deletes costs the kernel a grace period. It is made
 /// exclusively: if it exists after all, the batch fails and the caller
 /// rebuilds the table. A project's first pod also maps the project's group
-/// to the chain; the group stays mapped when its pods leave.
+/// to the chain; the group stays mapped when its pods leave, until a rebuild
+/// finds the project without pods.
 ///
 /// Only that first pod adds a jump element: every jump element added makes
 /// the kernel re-validate the chain graph at commit, walking every element of
