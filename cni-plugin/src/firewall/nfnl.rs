@@ -365,6 +365,20 @@ mod tests {
     }
 
     #[test]
+    fn a_group_key_is_in_host_order_and_accept_carries_no_chain() {
+        assert_eq!(key(&Elem::GroupMap(7, Verdict::Accept)), 7u32.to_ne_bytes());
+        let mut list = Attrs(Vec::new());
+        element(&mut list, &Elem::GroupMap(7, Verdict::Accept));
+        let accept = NF_ACCEPT.to_be_bytes();
+        assert!(list.0.windows(4).any(|w| w == accept));
+        // The same element jumping to chain "x" differs only by the chain
+        // attribute: 4 bytes of header, "x\0", padded to 8.
+        let mut jump = Attrs(Vec::new());
+        element(&mut jump, &Elem::GroupMap(7, Verdict::Jump("x".into())));
+        assert_eq!(jump.0.len() - list.0.len(), 8);
+    }
+
+    #[test]
     fn a_new_tenant_chain_comes_before_the_elements_that_jump_to_it() {
         let mut batch = Batch::new("moat");
         batch.new_tenant_chain("tenant-a");
