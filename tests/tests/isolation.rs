@@ -262,6 +262,13 @@ fn a_new_projects_chain_matches_what_a_rebuild_makes() {
         before,
         "the new chain came without a rebuild"
     );
+    // A global project's first pod maps its group to accept, in-process too.
+    let _dns = attach(&node, &["kube-system"]);
+    assert_eq!(
+        table_handle(&node),
+        before,
+        "no rebuild for a global project"
+    );
     let tenant = |n: &Node| {
         let listing = n.nft_table().expect("table");
         let objs = listing["nftables"].as_array().unwrap().clone();
