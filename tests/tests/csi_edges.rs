@@ -274,3 +274,41 @@ fn sigterm_stops_within(driver: &mut moat_e2e::csi::Process, secs: u64) {
         "graceful shutdown removes the socket"
     );
 }
+
+/// Cpus_allowed_list of every thread of `pid`.
+fn thread_cpus(pid: nix::unistd::Pid) -> Vec<String> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .map(|t| {
+            let status = std::fs::read_to_string(t.unwrap().path().join("status")).unwrap();
+            let line = status.lines().find(|l| l.starts_with("Cpus_allowed_list:"));
+            line.unwrap().split_whitespace().nth(1).unwrap().to_string()
+        })
+        .collect()
+}
+
+/// The driver keeps its async thread and blocking workers on one CPU (the
+/// hand-offs between them are then switches, not cross-CPU wake-ups), and
+/// `MOAT_PIN_CPU=false` leaves them all the CPUs.
+#[tokio::test(flavor = "multi_thread")]
+async fn driver_threads_share_one_cpu_unless_told_not_to() {
+    let mut c = Cluster::new(&["n1"]);
+    let cap = mount_cap(Mode::MultiNodeMultiWriter, "");
+    // A volume: the controller's blocking pool has a worker now.
+    c.create("pvc-pin", MIB, cap.clone(), "shop").await;
+    let cpus = thread_cpus(c.controller.pid());
+    assert!(cpus.len() >= 2, "async thread and a worker: {cpus:?}");
+    let one = &cpus[0];
+    assert!(one.parse::<usize>().is_ok(), "a single CPU: {cpus:?}");
+    assert!(cpus.iter().all(|c| c == one), "{cpus:?}");
+
+    let all = std::fs::read_to_string("/proc/self/status").unwrap();
+    let all = all.lines().find(|l| l.starts_with("Cpus_allowed_list:"));
+    let all = all.unwrap().split_whitespace().nth(1).unwrap().to_string();
+    c.controller.stop(nix::sys::signal::Signal::SIGTERM);
+    c.controller.set_env("MOAT_PIN_CPU", Some("false"));
+    c.start(None);
+    c.create("pvc-free", MIB, cap, "shop").await;
+    let cpus = thread_cpus(c.controller.pid());
+    assert!(cpus.iter().all(|c| *c == all), "{cpus:?} vs {all}");
+}

@@ -3,7 +3,6 @@
 //! does so without bindgen).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use super::{run, BackendError};
 
@@ -20,7 +19,7 @@ pub trait Loops: Send + Sync {
 pub struct LosetupLoops;
 
 fn losetup(args: &[&str]) -> Result<String, BackendError> {
-    let out = Command::new("losetup")
+    let out = crate::affinity::command("losetup")
         .args(args)
         .output()
         .map_err(|e| BackendError::Command {

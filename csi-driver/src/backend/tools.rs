@@ -2,7 +2,6 @@
 //! syscall for these; they run on blocking threads.
 
 use std::path::Path;
-use std::process::Command;
 
 use super::BackendError;
 
@@ -21,7 +20,7 @@ pub fn min_size(fs: &str) -> u64 {
 }
 
 pub fn run(program: &str, args: &[&str]) -> Result<(), BackendError> {
-    let out = Command::new(program)
+    let out = crate::affinity::command(program)
         .args(args)
         .output()
         .map_err(|e| BackendError::Command {
