@@ -33,11 +33,6 @@ pub struct Args {
     /// Seconds in-flight RPCs may run on after SIGTERM before the driver exits.
     #[arg(long, env = "MOAT_SHUTDOWN_GRACE", default_value_t = 10)]
     pub shutdown_grace: u64,
-    /// Keep the driver's threads on the CPU it starts on (the programs it
-    /// runs keep the original set): hand-offs between its async thread and
-    /// blocking workers become switches instead of wake-ups of another CPU.
-    #[arg(long, env = "MOAT_PIN_CPU", default_value_t = true, action = clap::ArgAction::Set)]
-    pub pin_cpu: bool,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

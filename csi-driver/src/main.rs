@@ -1,6 +1,5 @@
 //! moat-csi: the CSI driver binary (controller, node, or both).
 
-mod affinity;
 mod backend;
 mod config;
 mod mount;
@@ -42,13 +41,6 @@ fn main() -> anyhow::Result<()> {
     // One async thread: it only decodes requests and hands them to the
     // blocking pool (every mount, file and tool call runs there), so a
     // second worker would only add cross-thread wake-ups to each RPC.
-    if args.pin_cpu {
-        let cpu = affinity::pin_to_current_cpu()?;
-        tracing::info!(
-            cpu,
-            "driver threads pinned to one CPU (--pin-cpu=false to keep all)"
-        );
-    }
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?

@@ -3,6 +3,7 @@
 //! does so without bindgen).
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use super::{run, BackendError};
 
@@ -19,7 +20,7 @@ pub trait Loops: Send + Sync {
 pub struct LosetupLoops;
 
 fn losetup(args: &[&str]) -> Result<String, BackendError> {
-    let out = crate::affinity::command("losetup")
+    let out = Command::new("losetup")
         .args(args)
         .output()
         .map_err(|e| BackendError::Command {

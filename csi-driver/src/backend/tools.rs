@@ -2,6 +2,7 @@
 //! syscall for these; they run on blocking threads.
 
 use std::path::Path;
+use std::process::Command;
 
 use super::BackendError;
 
@@ -20,7 +21,7 @@ pub fn min_size(fs: &str) -> u64 {
 }
 
 pub fn run(program: &str, args: &[&str]) -> Result<(), BackendError> {
-    let out = crate::affinity::command(program)
+    let out = Command::new(program)
         .args(args)
         .output()
         .map_err(|e| BackendError::Command {
