@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::cmd::isolation::{load_peers, load_policy, peers_path, rebuild, save_policy};
+use crate::cmd::isolation::{load_peers, load_policy, peers_changed, rebuild, save_policy};
 use crate::firewall::NftFirewall;
 use crate::ipam::DiskStore;
 use crate::lock::StateLock;
@@ -119,9 +119,7 @@ fn execute(cli: &Cli) -> Result<String, CniError> {
         Top::Peers(PeersCmd::List) => report::peers(&load_policy(&conf)?, &load_peers(&conf)?),
         Top::Peers(PeersCmd::Sync { file }) => {
             let peers = read_peers(file)?;
-            peers::save(&peers_path(&conf), &peers)
-                .map_err(|e| CniError::from_error(Code::Io, &e))?;
-            rebuild(&conf, &store, &mut fw, &load_policy(&conf)?)?;
+            peers_changed(&conf, &store, &mut fw, &peers)?;
             Ok(format!("{} peers synced\n", peers.len()))
         }
         Top::Reconcile => {

@@ -11,7 +11,7 @@ use crate::firewall::Firewall;
 use crate::ipam::{Attachment, IpStore};
 use crate::policy::file::{load, save};
 use crate::policy::peers::{self, Peer};
-use crate::policy::ruleset::{full, pod_change, tenants_with_chains, Groups, Known};
+use crate::policy::ruleset::{full, peers_change, pod_change, tenants_with_chains, Groups, Known};
 use crate::policy::{PodEntry, Policy, Project, Role, TableSpec};
 use crate::spec::{CniError, Code, NetConf};
 
@@ -244,6 +244,45 @@ pub fn pod_changed<S: IpStore, F: Firewall>(
             warn!(error = %e, "cannot record the table layout");
         }
     }
+    Ok(())
+}
+
+/// Persist a new peer list and apply it by element changes; rebuild if the
+/// table was never built here or the change fails (an element already gone,
+/// a lost table). Until the change is in, the layout says "not built": a
+/// crash between the file and the table makes the next change rebuild.
+pub fn peers_changed<S: IpStore, F: Firewall>(
+    conf: &NetConf,
+    store: &S,
+    fw: &mut F,
+    new: &[Peer],
+) -> Result<(), CniError> {
+    let old = load_peers(conf)?;
+    let mut layout = load_layout(conf, store)?;
+    let built = layout.built.take();
+    if built.is_some() {
+        save_layout(conf, &layout)?;
+    }
+    peers::save(&peers_path(conf), new).map_err(|e| CniError::from_error(Code::Io, &e))?;
+    if !conf.isolation.enabled {
+        return Ok(());
+    }
+    let policy = load_policy(conf)?;
+    let Some(mut built) = built else {
+        return rebuild(conf, store, fw, &policy);
+    };
+    let local = |ip| store.is_reserved(ip).unwrap_or(false);
+    let (batch, made) = peers_change(&spec(conf), &policy, &old, new, local, &built.chains);
+    if !batch.elements.is_empty() {
+        if let Err(e) = fw.apply("peers sync", &batch) {
+            info!(error = %e, "incremental peers sync failed; rebuilding the table");
+            return rebuild(conf, store, fw, &policy);
+        }
+    }
+    built.chains.extend(made);
+    layout.built = Some(built);
+    save_layout(conf, &layout)?;
+    info!(table = %conf.isolation.table, peers = new.len(), "peers synced in place");
     Ok(())
 }
 

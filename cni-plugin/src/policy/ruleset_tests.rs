@@ -1,11 +1,15 @@
 //! Policy and pods → plan, checked on the JSON the kernel would receive.
 
+use std::net::IpAddr;
+
 use serde_json::Value;
 
 use super::model::{Policy, Project};
 use super::nftjson::Elem;
 use super::peers::Peer;
-use super::ruleset::{full, pod_change, Groups, Known, PodEntry, TableSpec, GROUP_MAP};
+use super::ruleset::{
+    full, peers_change, pod_change, Groups, Known, PodEntry, TableSpec, GROUP_MAP,
+};
 
 fn p(name: &str) -> Project {
     Project::new(name).unwrap()
@@ -380,4 +384,51 @@ fn a_global_projects_first_pod_maps_its_group_to_accept() {
         elements_of(&b.cmds, "add", "global4"),
         [Value::from("10.1.0.5")]
     );
+}
+
+#[test]
+fn a_peer_sync_changes_only_what_changed() {
+    let policy = Policy::with_global([p("kube-system")]);
+    let peer = |ip: &str, project: &str| Peer {
+        ip: ip.parse().unwrap(),
+        project: p(project),
+    };
+    let old = [
+        peer("10.2.0.5", "a"),
+        peer("10.2.0.6", "kube-system"),
+        peer("10.2.0.7", "b"),
+        peer("10.1.0.2", "b"), // a local pod's address: the local pod's
+    ];
+    let new = [
+        peer("10.2.0.5", "a"),
+        peer("10.2.0.7", "c"), // same address, another project now
+        peer("10.2.0.8", "d"),
+        peer("10.1.0.2", "e"),
+    ];
+    let local = |ip: IpAddr| ip.to_string() == "10.1.0.2";
+    let known = [p("a"), p("b"), p("c")].into_iter().collect();
+    let (b, made) = peers_change(&spec(false, true), &policy, &old, &new, local, &known);
+    assert_eq!(made.into_iter().collect::<Vec<_>>(), [p("d")]);
+    assert_eq!(chains(&b.cmds), ["tenant-d"]);
+    let gone: Vec<_> = elements_of(&b.cmds, "delete", "tenant4");
+    assert_eq!(gone.len(), 2, "{gone:?}");
+    assert_eq!(
+        elements_of(&b.cmds, "delete", "global4"),
+        [Value::from("10.2.0.6")]
+    );
+    assert_eq!(
+        tenant_map(&b.cmds),
+        pairs(&[("10.2.0.7", "tenant-c"), ("10.2.0.8", "tenant-d")])
+    );
+    assert!(!b
+        .cmds
+        .to_vec()
+        .iter()
+        .any(|c| c.to_string().contains("10.1.0.2")));
+    assert!(!b
+        .cmds
+        .to_vec()
+        .iter()
+        .any(|c| c.to_string().contains("10.2.0.5")));
+    assert!(!b.structural, "in-process: elements and a new chain only");
 }
