@@ -11,6 +11,13 @@ use super::ruleset::{
     full, peers_change, pod_change, Groups, Known, PodEntry, TableSpec, GROUP_MAP,
 };
 
+fn peer(ip: &str, project: &str) -> Peer {
+    Peer {
+        ip: ip.parse().unwrap(),
+        project: p(project),
+    }
+}
+
 fn p(name: &str) -> Project {
     Project::new(name).unwrap()
 }
@@ -295,10 +302,6 @@ fn log_drops_adds_a_rate_limited_log_chain_and_masquerade_is_optional() {
 fn peers_join_their_tenant_but_a_local_pod_keeps_its_address() {
     let mut policy = Policy::with_global([p("kube-system")]);
     policy.join(&[p("a"), p("b")]).unwrap();
-    let peer = |ip: &str, project: &str| Peer {
-        ip: ip.parse().unwrap(),
-        project: p(project),
-    };
     let peers = [
         peer("10.2.0.5", "b"),
         peer("10.2.0.6", "kube-system"),
@@ -389,10 +392,6 @@ fn a_global_projects_first_pod_maps_its_group_to_accept() {
 #[test]
 fn a_peer_sync_changes_only_what_changed() {
     let policy = Policy::with_global([p("kube-system")]);
-    let peer = |ip: &str, project: &str| Peer {
-        ip: ip.parse().unwrap(),
-        project: p(project),
-    };
     let old = [
         peer("10.2.0.5", "a"),
         peer("10.2.0.6", "kube-system"),
