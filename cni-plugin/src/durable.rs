@@ -24,8 +24,15 @@ pub fn replace(dir: &Path, name: &str, bytes: &[u8]) -> io::Result<()> {
     write_temp_and_rename(dir, name, bytes, false)
 }
 
+/// The temp file a write of `name` goes through. Every writer of one of our
+/// files holds the network's lock, so one temp name per file is enough, and a
+/// crashed writer's leftover is found by name and overwritten by the next.
+pub fn temp_name(name: &str) -> String {
+    format!(".tmp.{name}")
+}
+
 fn write_temp_and_rename(dir: &Path, name: &str, bytes: &[u8], sync: bool) -> io::Result<()> {
-    let tmp = dir.join(format!(".tmp.{}.{}", std::process::id(), name));
+    let tmp = dir.join(temp_name(name));
     let mut f = OpenOptions::new()
         .write(true)
         .create(true)

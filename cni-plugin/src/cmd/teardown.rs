@@ -37,8 +37,6 @@ pub(super) fn forget<S: IpStore, F: Firewall>(
 ) -> Result<Option<Attachment>, CniError> {
     let io = |e: crate::ipam::StoreError| CniError::from_error(Code::Io, &e);
     let record = store.remove(key).map_err(io)?;
-    // A writer killed mid-ADD may have left a temp file; under the lock none is live.
-    store.sweep().map_err(io)?;
     if let Some(r) = &record {
         pod_changed(conf, store, firewall, r, false, None)?;
     }

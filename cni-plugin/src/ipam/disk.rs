@@ -11,7 +11,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use super::store::{Attachment, AttachmentKey, IpStore, StoreError};
-use crate::durable::{remove_stale_temps, replace};
+use crate::durable::{remove_stale_temps, replace, temp_name};
 
 pub struct DiskStore {
     ips: PathBuf,
@@ -166,6 +166,13 @@ impl IpStore for DiskStore {
 
     fn remove(&mut self, key: &AttachmentKey) -> Result<Option<Attachment>, StoreError> {
         let path = self.record_path(key);
+        // The temp of an ADD killed while writing the record: found by name
+        // (see `durable`), not by listing a directory of every attachment.
+        let name = format!("{}.json", key.file_stem());
+        let tmp = self.records.join(temp_name(&name));
+        fs::remove_file(&tmp)
+            .or_else(ignore_missing)
+            .map_err(io_err("remove", &tmp))?;
         let Some(record) = Self::read_record(&path)? else {
             return Ok(None);
         };
@@ -189,15 +196,10 @@ impl IpStore for DiskStore {
         Ok(Some(record))
     }
 
-    fn sweep(&mut self) -> Result<(), StoreError> {
+    fn release_orphans(&mut self) -> Result<Vec<IpAddr>, StoreError> {
         for d in [&self.ips, &self.records, &self.last] {
             remove_stale_temps(d).map_err(io_err("sweep", d))?;
         }
-        Ok(())
-    }
-
-    fn release_orphans(&mut self) -> Result<Vec<IpAddr>, StoreError> {
-        self.sweep()?;
         let mut released = Vec::new();
         for ip in self.reserved()? {
             let Some(owner) = self.ip_owner(&ip) else {
@@ -258,6 +260,28 @@ mod tests {
             group: 0,
             complete: true,
         }
+    }
+
+    /// What an ADD killed while writing its record leaves: DEL finds it by
+    /// name, with or without the record.
+    #[test]
+    fn remove_takes_a_crashed_writers_temp_along() {
+        let dir = std::env::temp_dir().join(format!("moat-disk-tmp-{}", std::process::id()));
+        let mut s = DiskStore::open(&dir).unwrap();
+        let r = record("c9", &["10.0.0.9"]);
+        let tmp = s
+            .records
+            .join(temp_name(&format!("{}.json", r.key.file_stem())));
+        for with_record in [true, false] {
+            if with_record {
+                s.put(&r).unwrap();
+            }
+            fs::write(&tmp, b"{\"torn").unwrap();
+            assert_eq!(s.remove(&r.key).unwrap().is_some(), with_record);
+            assert!(!tmp.exists(), "with_record={with_record}");
+        }
+        assert!(s.list().unwrap().is_empty());
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

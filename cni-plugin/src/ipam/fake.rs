@@ -47,9 +47,6 @@ impl IpStore for FakeStore {
         self.ips.retain(|_, k| k != key);
         Ok(self.records.remove(key))
     }
-    fn sweep(&mut self) -> Result<(), StoreError> {
-        Ok(())
-    }
     fn release_orphans(&mut self) -> Result<Vec<IpAddr>, StoreError> {
         let orphans: Vec<IpAddr> = self
             .ips

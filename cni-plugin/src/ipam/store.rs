@@ -71,10 +71,10 @@ pub trait IpStore {
     /// Rewrite a record whose addresses are already reserved.
     fn write_record(&mut self, record: &Attachment) -> Result<(), StoreError>;
     fn set_last_reserved(&mut self, set_index: usize, ip: IpAddr) -> Result<(), StoreError>;
-    /// Drop the record and its reservations; `None` if there was none.
+    /// Drop the record, its reservations and a half-written copy a crashed
+    /// writer left; `None` if there was no record.
     fn remove(&mut self, key: &AttachmentKey) -> Result<Option<Attachment>, StoreError>;
-    /// Remove half-written files of writers that died; only safe under the lock.
-    fn sweep(&mut self) -> Result<(), StoreError>;
-    /// Reservations whose owner record does not exist (crash leftovers).
+    /// Reservations whose owner record does not exist, and half-written files
+    /// (crash leftovers); only safe under the lock.
     fn release_orphans(&mut self) -> Result<Vec<IpAddr>, StoreError>;
 }
