@@ -450,12 +450,21 @@ fn local_pods_find_their_tenant_by_their_projects_interface_group() {
             "{per_address}: no pod elements"
         );
     }
+    // Policy changes go in place: the same table (a rebuild would make a new
+    // one and reset the drop counters).
+    let handle = |n: &Node| n.nft_table().unwrap()["nftables"][1]["table"]["handle"].clone();
+    let before = handle(&node);
     node.cli(&["project", "join", "a", "b"]).ok();
     assert_eq!(
         map(&node),
         want(&[(ga, "tenant-a"), (gb, "tenant-a"), (gk, ACCEPT)])
     );
     node.cli(&["project", "isolate", "b"]).ok();
+    assert_eq!(
+        handle(&node),
+        before,
+        "join and isolate changed elements only"
+    );
     for pod in [&pods[0], &pods[2]] {
         node.del(pod).ok();
     }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::cmd::isolation::{load_peers, load_policy, peers_changed, rebuild, save_policy};
+use crate::cmd::isolation::{load_peers, load_policy, peers_changed, policy_changed, rebuild};
 use crate::firewall::NftFirewall;
 use crate::ipam::DiskStore;
 use crate::lock::StateLock;
@@ -106,11 +106,10 @@ fn execute(cli: &Cli) -> Result<String, CniError> {
     let mut fw = NftFirewall::new();
     match &cli.command {
         Top::Project(cmd) => {
-            let mut policy = load_policy(&conf)?;
+            let old = load_policy(&conf)?;
+            let mut policy = old.clone();
             change(&mut policy, cmd)?;
-            // Persist first: a crash after it leaves a policy `reconcile` can apply.
-            save_policy(&conf, &policy)?;
-            rebuild(&conf, &store, &mut fw, &policy)?;
+            policy_changed(&conf, &store, &mut fw, &old, &policy)?;
             Ok(report::policy(&policy, &store)?)
         }
         Top::Policy => report::policy(&load_policy(&conf)?, &store),

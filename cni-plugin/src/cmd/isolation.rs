@@ -9,9 +9,10 @@ use tracing::{info, warn};
 
 use crate::firewall::Firewall;
 use crate::ipam::{Attachment, IpStore};
+use crate::policy::diff::{peers_change, policy_change};
 use crate::policy::file::{load, save};
 use crate::policy::peers::{self, Peer};
-use crate::policy::ruleset::{full, peers_change, pod_change, tenants_with_chains, Groups, Known};
+use crate::policy::ruleset::{full, pod_change, tenants_with_chains, Groups, Known};
 use crate::policy::{PodEntry, Policy, Project, Role, TableSpec};
 use crate::spec::{CniError, Code, NetConf};
 
@@ -247,23 +248,27 @@ pub fn pod_changed<S: IpStore, F: Firewall>(
     Ok(())
 }
 
-/// Persist a new peer list and apply it by element changes; rebuild if the
-/// table was never built here or the change fails (an element already gone,
-/// a lost table). Until the change is in, the layout says "not built": a
-/// crash between the file and the table makes the next change rebuild.
-pub fn peers_changed<S: IpStore, F: Firewall>(
+/// A change made in place: `persist` writes the new state (peers, policy),
+/// `plan` turns it into element changes and new tenant chains, applied in one
+/// transaction (running pods are affected at once; the drop counters stay).
+/// Rebuild instead if the table was never built here or the change fails (an
+/// element already gone, a lost table). Until the change is in, the layout
+/// says "not built": a crash between the file and the table makes the next
+/// change rebuild.
+fn in_place<S: IpStore, F: Firewall>(
     conf: &NetConf,
     store: &S,
     fw: &mut F,
-    new: &[Peer],
+    what: &'static str,
+    persist: impl FnOnce() -> Result<(), CniError>,
+    plan: impl FnOnce(&Policy, &Groups, &BTreeSet<Project>) -> Result<Planned, CniError>,
 ) -> Result<(), CniError> {
-    let old = load_peers(conf)?;
     let mut layout = load_layout(conf, store)?;
     let built = layout.built.take();
     if built.is_some() {
         save_layout(conf, &layout)?;
     }
-    peers::save(&peers_path(conf), new).map_err(|e| CniError::from_error(Code::Io, &e))?;
+    persist()?;
     if !conf.isolation.enabled {
         return Ok(());
     }
@@ -271,19 +276,66 @@ pub fn peers_changed<S: IpStore, F: Firewall>(
     let Some(mut built) = built else {
         return rebuild(conf, store, fw, &policy);
     };
-    let local = |ip| store.is_reserved(ip).unwrap_or(false);
-    let (batch, made) = peers_change(&spec(conf), &policy, &old, new, local, &built.chains);
-    if !batch.elements.is_empty() {
-        if let Err(e) = fw.apply("peers sync", &batch) {
-            info!(error = %e, "incremental peers sync failed; rebuilding the table");
+    let (batch, made) = plan(&policy, &layout.groups, &built.chains)?;
+    if !batch.elements.is_empty() || !made.is_empty() {
+        if let Err(e) = fw.apply(what, &batch) {
+            info!(error = %e, what, "change in place failed; rebuilding the table");
             return rebuild(conf, store, fw, &policy);
         }
     }
     built.chains.extend(made);
     layout.built = Some(built);
     save_layout(conf, &layout)?;
-    info!(table = %conf.isolation.table, peers = new.len(), "peers synced in place");
+    info!(table = %conf.isolation.table, what, "applied in place");
     Ok(())
+}
+
+/// A batch and the tenant chains it makes.
+type Planned = (crate::policy::Batch, BTreeSet<Project>);
+
+/// Persist a new peer list and apply the difference in place.
+pub fn peers_changed<S: IpStore, F: Firewall>(
+    conf: &NetConf,
+    store: &S,
+    fw: &mut F,
+    new: &[Peer],
+) -> Result<(), CniError> {
+    let old = load_peers(conf)?;
+    let persist =
+        || peers::save(&peers_path(conf), new).map_err(|e| CniError::from_error(Code::Io, &e));
+    let plan = |policy: &Policy, _: &Groups, chains: &BTreeSet<Project>| {
+        let local = |ip| store.is_reserved(ip).unwrap_or(false);
+        Ok(peers_change(&spec(conf), policy, &old, new, local, chains))
+    };
+    in_place(conf, store, fw, "peers sync", persist, plan)
+}
+
+/// Persist a changed policy (`old` as loaded before the change) and apply the
+/// difference in place.
+pub fn policy_changed<S: IpStore, F: Firewall>(
+    conf: &NetConf,
+    store: &S,
+    fw: &mut F,
+    old: &Policy,
+    new: &Policy,
+) -> Result<(), CniError> {
+    let plan = |new: &Policy, groups: &Groups, chains: &BTreeSet<Project>| {
+        let records = store
+            .list()
+            .map_err(|e| CniError::from_error(Code::Io, &e))?;
+        let pods: Vec<PodEntry> = records.iter().filter_map(entry).collect();
+        let peers = load_peers(conf)?;
+        let state = (&pods[..], &peers[..], groups);
+        Ok(policy_change(&spec(conf), old, new, state, chains))
+    };
+    in_place(
+        conf,
+        store,
+        fw,
+        "policy change",
+        || save_policy(conf, new),
+        plan,
+    )
 }
 
 /// Whether the table exists (STATUS, CHECK).

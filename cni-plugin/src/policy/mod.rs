@@ -1,5 +1,6 @@
 //! Tenants and projects → the desired nftables ruleset, as pure data.
 
+pub mod diff;
 pub mod file;
 pub mod model;
 pub mod nftjson;

@@ -103,7 +103,7 @@ pub fn counter() -> Value {
 /// Commands of one transaction, all against one table.
 /// A set or map element, typed, so an element-only batch can go to the kernel
 /// without the `nft` program (see `firewall::nfnl`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Elem {
     Addr(std::net::IpAddr),
     Ifname(String),
@@ -116,7 +116,7 @@ pub enum Elem {
 }
 
 /// What a verdict-map element sends a packet to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Verdict {
     Jump(String),
     Accept,

@@ -166,37 +166,6 @@ pub fn pod_change(
     b
 }
 
-/// The elements that turn the peers `old` into `new`, for a sync that need
-/// not rebuild the table (which would reset the drop counters): departed
-/// peers' elements deleted, new ones added, a tenant chain made for a tenant
-/// that `chains` lacks (returned). Addresses that are local pods (`local`)
-/// are the local pods' and left alone, as in [`full`].
-pub fn peers_change(
-    spec: &TableSpec,
-    policy: &Policy,
-    old: &[Peer],
-    new: &[Peer],
-    local: impl Fn(IpAddr) -> bool,
-    chains: &BTreeSet<Project>,
-) -> (Batch, BTreeSet<Project>) {
-    let (before, after): (BTreeSet<&Peer>, BTreeSet<&Peer>) =
-        (old.iter().collect(), new.iter().collect());
-    let mut b = Batch::new(&spec.table);
-    let mut made = BTreeSet::new();
-    for gone in before.difference(&after).filter(|p| !local(p.ip)) {
-        member_elements(&mut b, policy, &gone.project, gone.ip, false, true);
-    }
-    for came in after.difference(&before).filter(|p| !local(p.ip)) {
-        if let Role::Tenant(t) = policy.role(&came.project) {
-            if !chains.contains(&t) && made.insert(t.clone()) {
-                b.new_tenant_chain(&tenant_chain(&t));
-            }
-        }
-        member_elements(&mut b, policy, &came.project, came.ip, true, true);
-    }
-    (b, made)
-}
-
 /// Where a project's packets go in the verdict maps: its tenant's chain, or
 /// straight through for a global project.
 fn role_verdict(policy: &Policy, project: &Project) -> Verdict {
@@ -247,7 +216,7 @@ fn pod_elements(b: &mut Batch, policy: &Policy, pod: &PodEntry, add: bool) {
 /// What makes an address a member of its project's tenant (or of the
 /// globals). `by_address`: its packets find their tenant by source address
 /// (pods of other nodes, local veths without a group) rather than by group.
-fn member_elements(
+pub(super) fn member_elements(
     b: &mut Batch,
     policy: &Policy,
     project: &Project,

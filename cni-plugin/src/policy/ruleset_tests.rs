@@ -4,12 +4,11 @@ use std::net::IpAddr;
 
 use serde_json::Value;
 
+use super::diff::{peers_change, policy_change};
 use super::model::{Policy, Project};
 use super::nftjson::Elem;
 use super::peers::Peer;
-use super::ruleset::{
-    full, peers_change, pod_change, Groups, Known, PodEntry, TableSpec, GROUP_MAP,
-};
+use super::ruleset::{full, pod_change, Groups, Known, PodEntry, TableSpec, GROUP_MAP};
 
 fn peer(ip: &str, project: &str) -> Peer {
     Peer {
@@ -101,6 +100,15 @@ fn elements_of(cmds: &[Value], verb: &str, set: &str) -> Vec<Value> {
         .filter_map(|c| c.pointer(&format!("/{verb}/element")))
         .filter(|e| e["name"] == set)
         .flat_map(|e| e["elem"].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+/// Elements of `set` under `verb`, as strings (addresses).
+fn addrs(cmds: &[Value], verb: &str, set: &str) -> Vec<String> {
+    let elems = elements_of(cmds, verb, set);
+    elems
+        .iter()
+        .map(|e| e.as_str().unwrap_or_default().to_string())
         .collect()
 }
 
@@ -200,14 +208,8 @@ fn tenant_pods_map_to_their_tenant_chain_and_global_pods_to_the_global_set() {
     );
     assert_eq!(tenant_map(&b.cmds), pairs(NONE), "no element per pod");
     assert_eq!(elements_of(&b.cmds, "add", "tenant-a-4").len(), 3);
-    assert_eq!(
-        elements_of(&b.cmds, "add", "global4"),
-        [Value::from("10.1.0.5")]
-    );
-    assert_eq!(
-        elements_of(&b.cmds, "add", "global6"),
-        [Value::from("fd00::5")]
-    );
+    assert_eq!(addrs(&b.cmds, "add", "global4"), ["10.1.0.5"]);
+    assert_eq!(addrs(&b.cmds, "add", "global6"), ["fd00::5"]);
     assert_eq!(elements_of(&b.cmds, "add", "pods6").len(), 5);
     assert_eq!(elements_of(&b.cmds, "add", "podsrc4").len(), 5);
 }
@@ -236,14 +238,8 @@ fn egress_deny_puts_the_project_pods_in_the_deny_sets() {
         &[],
         &Groups::new(),
     );
-    assert_eq!(
-        elements_of(&b.cmds, "add", "egress_deny4"),
-        [Value::from("10.1.0.2")]
-    );
-    assert_eq!(
-        elements_of(&b.cmds, "add", "egress_deny6"),
-        [Value::from("fd00::2")]
-    );
+    assert_eq!(addrs(&b.cmds, "add", "egress_deny4"), ["10.1.0.2"]);
+    assert_eq!(addrs(&b.cmds, "add", "egress_deny6"), ["fd00::2"]);
 }
 
 #[test]
@@ -324,10 +320,7 @@ fn peers_join_their_tenant_but_a_local_pod_keeps_its_address() {
             ("10.2.0.7", "tenant-d")
         ])
     );
-    assert_eq!(
-        elements_of(&b.cmds, "add", "global4"),
-        [Value::from("10.2.0.6")]
-    );
+    assert_eq!(addrs(&b.cmds, "add", "global4"), ["10.2.0.6"]);
     assert_eq!(
         elements_of(&b.cmds, "add", "pods4"),
         [Value::from("10.1.0.2")],
@@ -383,10 +376,7 @@ fn a_global_projects_first_pod_maps_its_group_to_accept() {
         chains(&b.cmds).is_empty(),
         "no tenant chain for a global project"
     );
-    assert_eq!(
-        elements_of(&b.cmds, "add", "global4"),
-        [Value::from("10.1.0.5")]
-    );
+    assert_eq!(addrs(&b.cmds, "add", "global4"), ["10.1.0.5"]);
 }
 
 #[test]
@@ -411,10 +401,7 @@ fn a_peer_sync_changes_only_what_changed() {
     assert_eq!(chains(&b.cmds), ["tenant-d"]);
     let gone: Vec<_> = elements_of(&b.cmds, "delete", "tenant4");
     assert_eq!(gone.len(), 2, "{gone:?}");
-    assert_eq!(
-        elements_of(&b.cmds, "delete", "global4"),
-        [Value::from("10.2.0.6")]
-    );
+    assert_eq!(addrs(&b.cmds, "delete", "global4"), ["10.2.0.6"]);
     assert_eq!(
         tenant_map(&b.cmds),
         pairs(&[("10.2.0.7", "tenant-c"), ("10.2.0.8", "tenant-d")])
@@ -430,4 +417,37 @@ fn a_peer_sync_changes_only_what_changed() {
         .iter()
         .any(|c| c.to_string().contains("10.2.0.5")));
     assert!(!b.structural, "in-process: elements and a new chain only");
+}
+
+#[test]
+fn a_policy_change_is_element_changes_in_one_batch() {
+    let (pods, groups) = grouped(vec![pod(0, "a"), pod(1, "b")]);
+    let old = Policy::default();
+    let mut joined = old.clone();
+    joined.join(&[p("a"), p("b")]).unwrap();
+    let chains = [p("a"), p("b")].into_iter().collect();
+    let state = (&pods[..], &[][..], &groups);
+    let (b, made) = policy_change(&spec(false, true), &old, &joined, state, &chains);
+    assert!(made.is_empty() && b.rule_count() == 0 && !b.structural);
+    let verbs: Vec<_> = ops(&b.cmds).into_iter().map(|(v, _, _)| v).collect();
+    let add_then_delete = verbs.windows(2).any(|w| w[0] == "add" && w[1] == "delete");
+    assert!(!add_then_delete, "deletes first: {verbs:?}");
+    let gone: Vec<_> = elements_of(&b.cmds, "delete", GROUP_MAP);
+    assert_eq!(
+        gone,
+        [serde_json::json!([2, {"jump": {"target": "tenant-b"}}])]
+    );
+    assert_eq!(group_map(&b.cmds), [(2, "tenant-a".to_string())]);
+    assert_eq!(addrs(&b.cmds, "delete", "tenant-b-4"), ["10.1.0.3"]);
+    assert_eq!(addrs(&b.cmds, "add", "tenant-a-4"), ["10.1.0.3"]);
+    // Made global: its group passes, its pods join the global sets; and a
+    // tenant new to the table gets its chain.
+    let mut global = old.clone();
+    global.make_global(&p("a"));
+    let only_a = [p("a")].into_iter().collect();
+    let (b, made) = policy_change(&spec(false, true), &old, &global, state, &only_a);
+    assert_eq!(made.into_iter().collect::<Vec<_>>(), [p("b")]);
+    assert!(group_map(&b.cmds).contains(&(1, "accept".to_string())));
+    assert_eq!(addrs(&b.cmds, "add", "global4"), ["10.1.0.2"]);
+    assert_eq!(addrs(&b.cmds, "delete", "tenant-a-4"), ["10.1.0.2"]);
 }
