@@ -119,6 +119,12 @@ impl Node {
             .then(|| serde_json::from_slice(&out.stdout).unwrap())
     }
 
+    /// Our table's handle: a rebuild deletes and re-adds the table, a change
+    /// in place keeps it.
+    pub fn table_handle(&self) -> Value {
+        self.nft_table().expect("table")["nftables"][1]["table"]["handle"].clone()
+    }
+
     pub fn node_ip(v6: bool) -> IpAddr {
         if v6 { "fdff::1" } else { "10.255.0.1" }.parse().unwrap()
     }

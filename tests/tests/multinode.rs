@@ -140,12 +140,11 @@ fn projects_are_isolated_across_nodes_once_peers_are_synced() {
     // A pod that leaves n2 stops being a peer of n1 at the next sync, and
     // one that comes back is known again: in place, without a rebuild (which
     // would reset the drop counters).
-    let handle = |n: &Node| n.nft_table().unwrap()["nftables"][1]["table"]["handle"].clone();
-    let before = handle(&n1);
+    let before = n1.table_handle();
     sync(&n1, &on2[..1]);
     assert!(neither(b2, a1), "b2 is no longer known to n1");
     assert!(both(a2, a1));
     sync(&n1, &on2);
     assert!(both(b2, a1), "b2 is known again");
-    assert_eq!(handle(&n1), before, "peers synced in place");
+    assert_eq!(n1.table_handle(), before, "peers synced in place");
 }

@@ -1,0 +1,197 @@
+//! How the nftables table is built and kept: a constant rule count, tenant
+//! chains and interface groups made in-process as a rebuild would make them,
+//! policy changes in place, and projects without pods pruned.
+
+use std::collections::BTreeSet;
+
+use moat_e2e::cni::{attach, dual_stack_conf, Node, Pod};
+
+#[test]
+fn rule_count_does_not_grow_with_pods() {
+    let node = Node::new(dual_stack_conf("1.1.0"));
+    let _first = attach(&node, &["a", "b", "kube-system"]);
+    let rules = |n: &Node| moat_cni_rule_count(&n.nft_table().expect("table"));
+    let before = rules(&node);
+    let _more = attach(
+        &node,
+        &["a", "b", "kube-system", "a", "b", "a", "b", "a", "b", "a"],
+    );
+    assert_eq!(rules(&node), before, "rules must not grow with pods");
+    node.cli(&["reconcile"]).ok();
+    assert_eq!(rules(&node), before, "a rebuild makes the same rules");
+}
+
+/// A project's first pod makes its tenant chain in-process (netlink, no `nft`
+/// and no rebuild); what it makes must be what a full rebuild makes.
+#[test]
+fn a_new_projects_chain_matches_what_a_rebuild_makes() {
+    let node = Node::new(dual_stack_conf("1.1.0"));
+    let _first = attach(&node, &["a"]);
+    let before = node.table_handle();
+    assert!(before.is_u64(), "{before}");
+    let mut pod = Pod::new("newcomer");
+    let out = node.add(&pod).ok();
+    pod.set_result(&out.json());
+    assert_eq!(
+        node.table_handle(),
+        before,
+        "the new chain came without a rebuild"
+    );
+    // A global project's first pod maps its group to accept, in-process too.
+    let _dns = attach(&node, &["kube-system"]);
+    assert_eq!(
+        node.table_handle(),
+        before,
+        "no rebuild for a global project"
+    );
+    let tenant = |n: &Node| {
+        let listing = n.nft_table().expect("table");
+        let objs = listing["nftables"].as_array().unwrap().clone();
+        let mut rules: Vec<String> = objs
+            .iter()
+            .filter_map(|o| o.get("rule"))
+            .filter(|r| r["chain"] == "tenant-newcomer")
+            .map(|r| r["expr"].to_string())
+            .collect();
+        rules.sort();
+        let sets: Vec<String> = objs
+            .iter()
+            .filter_map(|o| o.get("set"))
+            .filter(|s| s["name"].as_str().unwrap().starts_with("tenant-newcomer-"))
+            .map(|s| format!("{} {} {}", s["name"], s["type"], s["elem"]))
+            .collect();
+        (rules, sets)
+    };
+    let made = tenant(&node);
+    assert_eq!(made.0.len(), 2, "one rule per family: {made:?}");
+    assert_eq!(made.1.len(), 2, "one set per family: {made:?}");
+    assert!(made
+        .1
+        .iter()
+        .any(|s| s.contains(&pod.ip(false).to_string())));
+    node.cli(&["reconcile"]).ok();
+    assert_ne!(node.table_handle(), before, "reconcile rebuilt the table");
+    assert_eq!(tenant(&node), made, "a rebuild makes the same chain");
+    node.del(&pod).ok();
+}
+
+fn moat_cni_rule_count(listing: &serde_json::Value) -> usize {
+    listing["nftables"]
+        .as_array()
+        .map_or(0, |a| a.iter().filter(|o| o.get("rule").is_some()).count())
+}
+
+/// A local pod's tenant comes from its host veth's interface group, one per
+/// project, so an ADD adds no per-pod jump element; the group outlives its
+/// project's pods, follows joins, and CHECK notices a veth moved out of it.
+#[test]
+fn local_pods_find_their_tenant_by_their_projects_interface_group() {
+    const ACCEPT: &str = r#"{"accept":null}"#;
+    let node = Node::new(dual_stack_conf("1.1.0"));
+    let pods = attach(&node, &["a", "b", "a", "kube-system"]);
+    let group = |pod: &Pod| -> u64 {
+        let host = pod.result["interfaces"][0]["name"].as_str().unwrap();
+        let out = node.ns.ip(&["-j", "link", "show", "dev", host]);
+        let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        links[0]["group"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .expect("a numbered group")
+    };
+    let (ga, gb, gk) = (group(&pods[0]), group(&pods[1]), group(&pods[3]));
+    assert_eq!(group(&pods[2]), ga, "one group per project");
+    assert_ne!(ga, gb);
+    let listed = node.cli(&["pods"]).ok().stdout;
+    let host_a = pods[0].result["interfaces"][0]["name"].as_str().unwrap();
+    let line = listed.lines().find(|l| l.contains(host_a)).unwrap();
+    assert!(
+        line.split_whitespace().any(|w| w == ga.to_string()),
+        "moat pods shows the group: {line}"
+    );
+    let map = |n: &Node| -> BTreeSet<String> {
+        let listing = n.nft_table().expect("table");
+        let maps = listing["nftables"].as_array().unwrap().iter();
+        let m = maps
+            .filter_map(|o| o.get("map"))
+            .find(|m| m["name"] == "tenantgrp")
+            .expect("group map");
+        let elems = m["elem"].as_array().cloned().unwrap_or_default();
+        elems
+            .iter()
+            .map(|e| match e[1]["jump"]["target"].as_str() {
+                Some(chain) => format!("{}:{chain}", e[0]),
+                None => format!("{}:{}", e[0], e[1]),
+            })
+            .collect()
+    };
+    let want = |pairs: &[(u64, &str)]| -> BTreeSet<String> {
+        pairs.iter().map(|(g, c)| format!("{g}:{c}")).collect()
+    };
+    assert_eq!(
+        map(&node),
+        want(&[(ga, "tenant-a"), (gb, "tenant-b"), (gk, ACCEPT)]),
+        "a global project's pods pass"
+    );
+    let listing = node.nft_table().unwrap();
+    for per_address in ["tenant4", "tenant6"] {
+        let m = listing["nftables"].as_array().unwrap().iter();
+        let m = m
+            .filter_map(|o| o.get("map"))
+            .find(|m| m["name"] == per_address);
+        assert!(
+            m.unwrap().get("elem").is_none(),
+            "{per_address}: no pod elements"
+        );
+    }
+    // Policy changes go in place: the same table (a rebuild would make a new
+    // one and reset the drop counters).
+    let before = node.table_handle();
+    node.cli(&["project", "join", "a", "b"]).ok();
+    assert_eq!(
+        map(&node),
+        want(&[(ga, "tenant-a"), (gb, "tenant-a"), (gk, ACCEPT)])
+    );
+    node.cli(&["project", "isolate", "b"]).ok();
+    assert_eq!(
+        node.table_handle(),
+        before,
+        "join and isolate changed elements only"
+    );
+    for pod in [&pods[0], &pods[2]] {
+        node.del(pod).ok();
+    }
+    let again = attach(&node, &["a"]);
+    assert_eq!(group(&again[0]), ga, "the project keeps its group");
+    assert_eq!(
+        map(&node),
+        want(&[(ga, "tenant-a"), (gb, "tenant-b"), (gk, ACCEPT)])
+    );
+    let mut conf = node.conf.clone();
+    conf["prevResult"] = pods[1].result.clone();
+    node.call_with(&pods[1].call("CHECK"), &conf).ok();
+    let host = pods[1].result["interfaces"][0]["name"].as_str().unwrap();
+    node.ns
+        .ip(&["link", "set", "dev", host, "group", &ga.to_string()]);
+    let out = node.call_with(&pods[1].call("CHECK"), &conf);
+    assert_eq!(out.code(), 103, "{out:?}");
+    assert!(
+        out.json()["msg"].as_str().unwrap().contains("group"),
+        "{out:?}"
+    );
+    // A project whose pods have all left is pruned at the next rebuild:
+    // group element and tenant chain (short-lived namespaces must not pile up).
+    node.del(&pods[1]).ok();
+    node.cli(&["reconcile"]).ok();
+    assert_eq!(map(&node), want(&[(ga, "tenant-a"), (gk, ACCEPT)]));
+    let listing = node.nft_table().unwrap();
+    let chains = listing["nftables"].as_array().unwrap().iter();
+    let mut chains = chains.filter_map(|o| o.pointer("/chain/name"));
+    assert!(!chains.any(|c| c == "tenant-b"), "tenant-b pruned");
+    let newcomer = attach(&node, &["c"]);
+    let gc = group(&newcomer[0]);
+    assert!(
+        ![ga, gk].contains(&gc),
+        "a live project's number is never reused"
+    );
+}
