@@ -15,6 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
+use nix::fcntl::{Flock, FlockArg};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -48,32 +49,35 @@ pub struct Store {
     dir: PathBuf,
     /// The lock file, opened once: an open and a close per locked RPC were a
     /// tenth of a publish's syscalls. flock excludes other processes only
-    /// (every thread here shares this open file), so the mutex excludes threads.
-    lock_file: Mutex<File>,
+    /// (every thread here shares this open file), so the mutex excludes
+    /// threads. The file is out of the slot while a thread holds the lock.
+    lock_file: Mutex<Option<File>>,
 }
 
 /// Held while a read-modify-write of shared records is in progress.
-pub struct StateLock<'a>(MutexGuard<'a, File>);
+pub struct StateLock<'a> {
+    slot: MutexGuard<'a, Option<File>>,
+    held: Option<Flock<File>>,
+}
 
 impl Drop for StateLock<'_> {
     fn drop(&mut self) {
-        // Closing would release it too, but the file stays open for the next lock.
-        let _ = flock(&self.0, nix::libc::LOCK_UN);
+        // Unlocked, the file goes back for the next lock; if the unlock
+        // failed, dropping it closes it, which releases the lock too.
+        if let Some(Ok(file)) = self.held.take().map(Flock::unlock) {
+            *self.slot = Some(file);
+        }
     }
 }
 
-fn flock(file: &File, op: nix::libc::c_int) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    loop {
-        // SAFETY: flock on a descriptor this process owns; no memory involved.
-        if unsafe { nix::libc::flock(file.as_raw_fd(), op) } == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+fn open_lock_file(path: &Path) -> Result<File, StateError> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(path))
 }
 
 impl Store {
@@ -82,25 +86,32 @@ impl Store {
             let d = dir.join(sub);
             fs::create_dir_all(&d).map_err(io_err(&d))?;
         }
-        let path = dir.join("lock");
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io_err(&path))?;
+        let lock_file = open_lock_file(&dir.join("lock"))?;
         Ok(Self {
             dir: dir.into(),
-            lock_file: Mutex::new(lock_file),
+            lock_file: Mutex::new(Some(lock_file)),
         })
     }
 
     pub fn lock(&self) -> Result<StateLock<'_>, StateError> {
         // A thread that panicked under the lock released the flock on unwind.
-        let file = self.lock_file.lock().unwrap_or_else(|e| e.into_inner());
-        flock(&file, nix::libc::LOCK_EX).map_err(io_err(&self.dir.join("lock")))?;
-        Ok(StateLock(file))
+        let mut slot = self.lock_file.lock().unwrap_or_else(|e| e.into_inner());
+        let path = self.dir.join("lock");
+        let file = match slot.take() {
+            Some(f) => f,
+            // Closed after a failed unlock: open it again.
+            None => open_lock_file(&path)?,
+        };
+        match Flock::lock(file, FlockArg::LockExclusive) {
+            Ok(held) => Ok(StateLock {
+                slot,
+                held: Some(held),
+            }),
+            Err((file, errno)) => {
+                *slot = Some(file);
+                Err(io_err(&path)(errno.into()))
+            }
+        }
     }
 
     fn volume_path(&self, id: &str) -> PathBuf {
