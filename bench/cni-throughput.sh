@@ -8,10 +8,12 @@
 #   CNI_REF_DIR (default /usr/lib/cni) holds ptp and host-local.
 #
 # moat runs with isolation on and N (1000) background pods in 100 projects in its
-# sets; the client and server pods share a project. The reference is ptp +
-# host-local with no filtering (ipMasq off), with the same number of background
-# pods unless --ref-pods says otherwise. Each plugin has its own "node" netns
-# (moattput-node-<pid>-moat / -ref); pod netns are moattput-<pid>-{m,r}-*.
+# sets; the client and server pods share a project. The references are ptp +
+# host-local with no filtering: with ptp's ipMasq on (the same features as moat,
+# so the node tracks connections; the goal is judged against it) and bare (no
+# NAT, no connection tracking), with the same number of background pods unless
+# --ref-pods says otherwise. Each plugin has its own "node" netns
+# (moattput-node-<pid>-moat / -ref / -bare); pod netns are moattput-<pid>-{m,r,b}-*.
 # The host's root netns is never touched. A trap kills every process left in our
 # namespaces (the iperf3 servers), deletes the namespaces and the temp dir, on
 # success, failure or signal.
@@ -23,7 +25,7 @@ REF_DIR=${CNI_REF_DIR:-/usr/lib/cni}
 # shellcheck source=bench/common.sh
 source "$HERE/common.sh"
 MOAT_BIN=""
-PODS=1000 REF_PODS="" ROUNDS=5 SECONDS_=5 STREAMS=1 JSON=""
+PODS=1000 REF_PODS="" ROUNDS=5 SECONDS_=5 STREAMS=1 JSON="" CONGESTION=cubic
 while (($#)); do
   case $1 in
     --moat-bin) MOAT_BIN=$2; shift 2 ;;
@@ -32,13 +34,14 @@ while (($#)); do
     --rounds) ROUNDS=$2; shift 2 ;;
     --seconds) SECONDS_=$2; shift 2 ;;
     --streams) STREAMS=$2; shift 2 ;;
+    --congestion) CONGESTION=$2; shift 2 ;;
     --json) JSON=$(readlink -f "$2"); shift 2 ;;
-    -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) die "unknown argument $1" ;;
   esac
 done
 
-need_root_and_tools ip python3 nft nsenter iperf3 ping
+need_root_and_tools ip python3 nft nsenter iperf3 ping iptables
 find_moat
 
 T=$(mktemp -d /tmp/moattput.XXXXXX)
@@ -49,6 +52,7 @@ mount -t tmpfs -o size=64m,mode=0700 moattput-run "$RUN"
 TAG=moattput-$$-
 NODE_MOAT=moattput-node-$$-moat
 NODE_REF=moattput-node-$$-ref
+NODE_BARE=moattput-node-$$-bare
 helper_pid=""
 
 cleanup() {
@@ -80,19 +84,20 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-for n in "$NODE_MOAT" "$NODE_REF"; do
+for n in "$NODE_MOAT" "$NODE_REF" "$NODE_BARE"; do
   ip netns add "$n"
   ip -n "$n" link set lo up
 done
 args=(--tmp "$T" --run-dir "$RUN" --tag "$TAG" --moat "$MOAT_BIN" --moat-node "/run/netns/$NODE_MOAT"
-      --ref-dir "$REF_DIR" --ref-node "/run/netns/$NODE_REF" --pods "$PODS"
-      --rounds "$ROUNDS" --seconds "$SECONDS_" --streams "$STREAMS")
+      --ref-dir "$REF_DIR" --ref-node "/run/netns/$NODE_REF" --bare-node "/run/netns/$NODE_BARE"
+      --pods "$PODS"
+      --rounds "$ROUNDS" --seconds "$SECONDS_" --streams "$STREAMS" --congestion "$CONGESTION")
 [[ -n $REF_PODS ]] && args+=(--ref-pods "$REF_PODS")
 [[ -n $JSON ]] && args+=(--json "$JSON")
 
 root_table_before=0
 nft list table inet moat >/dev/null 2>&1 && root_table_before=1
-log "moat: $MOAT_BIN; reference: $REF_DIR/ptp + host-local; iperf3 $(iperf3 --version | head -n1 | awk '{print $2}')"
+log "moat: $MOAT_BIN; references: $REF_DIR/ptp + host-local, ipMasq on and off; iperf3 $(iperf3 --version | head -n1 | awk '{print $2}')"
 log "kernel $(uname -r), $(nproc) cpus, load $(cut -d' ' -f1-3 /proc/loadavg)"
 python3 "$HERE/cni_throughput.py" "${args[@]}" &
 helper_pid=$!

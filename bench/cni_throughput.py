@@ -12,6 +12,12 @@ projects (K8S_POD_NAMESPACE=bench-p<i % 100>) so its sets and tenant chains are
 loaded. The two measured pods are in the same project (traffic allowed). Before
 measuring, a probe to a pod of another project must be dropped: proof that
 the filter is live on the measured path.
+
+There are two references, both ptp + host-local with no filtering: ptp with
+its own `ipMasq` on, the same features as moat here (egress masqueraded, so
+the node runs connection tracking, as every node with kube-proxy does), and
+ptp bare (no NAT: the node tracks no connection at all). The goal is judged
+against the first, the cost of the filter alone; the second is printed too.
 """
 
 import argparse
@@ -48,9 +54,20 @@ def ping_ok(netns, dst):
     return in_ns(netns, ["ping", "-c", "1", "-W", "1", dst], capture_output=True).returncode == 0
 
 
-def iperf_round(client_ns, server_ip, seconds, streams):
+def busy_ns():
+    """CPU time spent busy so far, all CPUs (user through softirq, and steal:
+    a vCPU the host took is not ours to count as idle)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    hz = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq + steal) * 1_000_000_000 // hz
+
+
+def iperf_round(client_ns, server_ip, seconds, streams, congestion):
+    cc = ["-C", congestion] if congestion else []
     out = in_ns(client_ns, ["iperf3", "-c", server_ip, "-p", str(PORT), "-t", str(seconds),
-                            "-P", str(streams), "-O", "1", "-J"],
+                            "-P", str(streams), "-O", "1", "-J"] + cc,
                 capture_output=True, text=True, timeout=seconds + 30)
     try:
         res = json.loads(out.stdout)
@@ -60,7 +77,8 @@ def iperf_round(client_ns, server_ip, seconds, streams):
     if "error" in res:
         raise cl.PluginError(f"iperf3 to {server_ip} failed: {res['error']}")
     end = res["end"]
-    return end["sum_received"]["bits_per_second"] / 1e9, end["sum_sent"].get("retransmits", 0)
+    return (end["sum_received"]["bits_per_second"] / 1e9, end["sum_sent"].get("retransmits", 0),
+            end["sum_received"]["bytes"])
 
 
 def main():
@@ -71,13 +89,16 @@ def main():
     ap.add_argument("--moat", required=True)
     ap.add_argument("--moat-node", required=True)
     ap.add_argument("--ref-dir", default="/usr/lib/cni")
-    ap.add_argument("--ref-node", required=True)
+    ap.add_argument("--ref-node", required=True, help="node netns of ptp with ipMasq on")
+    ap.add_argument("--bare-node", required=True, help="node netns of ptp with ipMasq off")
     ap.add_argument("--pods", type=int, default=1000)
     ap.add_argument("--ref-pods", type=int, default=None,
                     help="background pods through the reference (default: same as --pods)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--streams", type=int, default=1)
+    ap.add_argument("--congestion", default="cubic",
+                    help="TCP congestion control of the client (empty: the node's default)")
     ap.add_argument("--json")
     a = ap.parse_args()
     ref_pods = a.pods if a.ref_pods is None else a.ref_pods
@@ -90,15 +111,21 @@ def main():
                       "defaultProject": "default", "clusterCIDRs": ["10.252.0.0/16"],
                       "masquerade": True, "logDrops": False},
     }, a.moat_node, f"{a.tag}m-")
-    ref = cl.Plugin("ref", f"{a.ref_dir}/ptp", a.ref_dir, {
-        "cniVersion": "1.0.0", "name": "reftput", "type": "ptp", "mtu": 1500, "ipMasq": False,
-        "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.253.0.0/21"}]],
-                 "routes": [{"dst": "0.0.0.0/0"}], "dataDir": f"{a.tmp}/ref-ipam"},
-    }, a.ref_node, f"{a.tag}r-")
+    def ptp(label, node, masq, subnet, prefix):
+        return cl.Plugin(label, f"{a.ref_dir}/ptp", a.ref_dir, {
+            "cniVersion": "1.0.0", "name": f"{label}tput", "type": "ptp", "mtu": 1500,
+            "ipMasq": masq,
+            "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
+                     "routes": [{"dst": "0.0.0.0/0"}], "dataDir": f"{a.tmp}/{label}-ipam"},
+        }, node, f"{a.tag}{prefix}-")
+
+    ref = ptp("ref", a.ref_node, True, "10.253.0.0/21", "r")
+    bare = ptp("bare", a.bare_node, False, "10.254.0.0/21", "b")
+    plugins = (moat, ref, bare)
 
     # pod index -> project bench-p<index % 100>: 5 and 105 share bench-p5, 6 is bench-p6
     measured = {}
-    for p, n_fill in ((moat, a.pods), (ref, ref_pods)):
+    for p, n_fill in ((moat, a.pods), (ref, ref_pods), (bare, ref_pods)):
         say(f"{p.label}: attaching {n_fill} background pods"
             + (" over 100 projects" if p is moat else ""))
         t0 = time.monotonic()
@@ -116,7 +143,7 @@ def main():
 
     servers = []
     try:
-        for p in (moat, ref):
+        for p in plugins:
             client, server, other = measured[p.label]
             srv_ip, other_ip = addr_of(p, server), addr_of(p, other)
             servers.append(subprocess.Popen(
@@ -128,22 +155,30 @@ def main():
             if p is moat and other_reachable:
                 raise cl.PluginError("moat: a pod of another project answered: isolation is not "
                                      "in effect, the measurement would be meaningless")
-            if p is ref and not other_reachable:
-                raise cl.PluginError(f"ref: pod {other_ip} unreachable (ptp does not filter)")
+            if p is not moat and not other_reachable:
+                raise cl.PluginError(f"{p.label}: pod {other_ip} unreachable (ptp does not filter)")
             say(f"  {p.label}: client -> server {srv_ip} ok; other project {other_ip} "
                 f"{'reachable' if other_reachable else 'dropped'}")
         time.sleep(0.5)  # iperf3 servers listening
 
-        res = {"moat": [], "ref": []}
-        retr = {"moat": [], "ref": []}
+        res = {p.label: [] for p in plugins}
+        retr = {p.label: [] for p in plugins}
+        cpu = {p.label: [] for p in plugins}
         for r in range(a.rounds):
-            for p in ((moat, ref) if r % 2 == 0 else (ref, moat)):
+            # each plugin goes first, second and last equally often
+            for p in plugins[r % 3:] + plugins[:r % 3]:
                 client, server, _ = measured[p.label]
-                gbps, rt = iperf_round(client, addr_of(p, server), a.seconds, a.streams)
+                t0 = busy_ns()
+                gbps, rt, nbytes = iperf_round(client, addr_of(p, server), a.seconds,
+                                               a.streams, a.congestion)
+                # CPU per byte over the whole run (iperf3 omits its first second
+                # from the bytes, not from the CPU: the same for every plugin)
+                ns_per_kb = (busy_ns() - t0) / (nbytes / 1024)
                 res[p.label].append(gbps)
                 retr[p.label].append(rt)
+                cpu[p.label].append(ns_per_kb)
                 say(f"round {r + 1}/{a.rounds} {p.label:4}: {gbps:7.2f} Gbit/s "
-                    f"({rt} retransmits)")
+                    f"({rt} retransmits), {ns_per_kb:6.1f} ns CPU/KiB")
     finally:
         for s in servers:
             s.terminate()
@@ -153,21 +188,31 @@ def main():
             except subprocess.TimeoutExpired:
                 s.kill()
 
-    m, r = statistics.median(res["moat"]), statistics.median(res["ref"])
+    med = {k: statistics.median(v) for k, v in res.items()}
+    cost = {k: statistics.median(v) for k, v in cpu.items()}
     print()
     print(f"Pod -> pod TCP throughput, iperf3 {a.rounds} interleaved rounds x {a.seconds} s, "
           f"{a.streams} stream(s), MTU 1500")
-    print(f"{'':12}{'pods':>6}{'median Gbit/s':>15}{'min':>9}{'max':>9}  filtering")
-    print(f"{'moat':12}{len(moat.attached):>6}{m:>15.2f}{min(res['moat']):>9.2f}"
-          f"{max(res['moat']):>9.2f}  isolation on, {n_ten} tenants")
-    print(f"{'ptp (ref)':12}{len(ref.attached):>6}{r:>15.2f}{min(res['ref']):>9.2f}"
-          f"{max(res['ref']):>9.2f}  none")
-    ratio = m / r
-    print(f"moat / ref: {ratio:.3f}   goal >= 0.97: {'met' if ratio >= 0.97 else 'MISSED'}")
+    print(f"{'':20}{'pods':>6}{'median Gbit/s':>15}{'min':>9}{'max':>9}{'ns CPU/KiB':>12}"
+          "  filtering")
+    rows = ((moat, f"isolation on, {n_ten} tenants, masquerade"),
+            (ref, "none; ipMasq (conntrack)"), (bare, "none; no NAT (no conntrack)"))
+    names = {"moat": "moat", "ref": "ptp ipMasq (ref)", "bare": "ptp bare"}
+    for p, what in rows:
+        v = res[p.label]
+        print(f"{names[p.label]:20}{len(p.attached):>6}{med[p.label]:>15.2f}{min(v):>9.2f}"
+              f"{max(v):>9.2f}{cost[p.label]:>12.1f}  {what}")
+    ratio, ratio_bare = med["moat"] / med["ref"], med["moat"] / med["bare"]
+    print(f"moat / ptp ipMasq: {ratio:.3f}   goal >= 0.97: {'met' if ratio >= 0.97 else 'MISSED'}")
+    print(f"moat / ptp bare:   {ratio_bare:.3f}   (ptp ipMasq / ptp bare: "
+          f"{med['ref'] / med['bare']:.3f}, the cost of connection tracking alone)")
+    print(f"CPU per byte, moat / ptp ipMasq: {cost['moat'] / cost['ref']:.3f}, moat / ptp bare: "
+          f"{cost['moat'] / cost['bare']:.3f} (medians)")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"rounds": a.rounds, "seconds": a.seconds, "streams": a.streams,
-                       "gbps": res, "retransmits": retr, "ratio": ratio}, f, indent=2)
+                       "gbps": res, "retransmits": retr, "ns_cpu_per_kib": cpu, "ratio": ratio,
+                       "ratio_bare": ratio_bare}, f, indent=2)
 
 
 if __name__ == "__main__":
