@@ -198,14 +198,25 @@ pub fn publish(d: &Driver, a: &PublishArgs) -> Result<bool> {
 pub fn unpublish(d: &Driver, id: &str, target: &str) -> Result<()> {
     let target_path = Path::new(target);
     let _lock = d.store.lock()?;
-    while d.mounter.unmount(target_path)? {}
-    // The spec has the plugin remove what it created at the target.
-    match fs::remove_dir(target_path) {
-        Err(e) if e.raw_os_error() == Some(nix::libc::ENOTDIR) => {
-            fs::remove_file(target_path).map_err(io("remove", target_path))?
+    // The spec has the plugin remove what it created at the target. A mount
+    // still there (one stacked by a retried publish) makes the removal fail
+    // with EBUSY: unmount again, instead of probing for it every time.
+    let mut mounted = d.mounter.unmount(target_path)?;
+    loop {
+        match fs::remove_dir(target_path) {
+            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) && mounted => {
+                mounted = d.mounter.unmount(target_path)?;
+            }
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOTDIR) => {
+                while d.mounter.unmount(target_path)? {}
+                fs::remove_file(target_path).map_err(io("remove", target_path))?;
+                break;
+            }
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(io("remove", target_path)(e))?
+            }
+            _ => break,
         }
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove", target_path)(e))?,
-        _ => {}
     }
     d.store.remove_publication(id, &d.node_id, target)?;
     info!(volume_id = %id, target_path = %target, "volume unpublished");
