@@ -119,6 +119,8 @@ fn forged_source_addresses_are_dropped() {
     let pods = attach(&node, &["a", "a", "b", "kube-system"]);
     let (a1, a2, b1, dns) = (&pods[0], &pods[1], &pods[2], &pods[3]);
     let sink = Sink::open(&a2.ns, PORT + 1);
+    // The node is checked too: packets for it take the input path.
+    let on_node = Sink::open(&node.ns, PORT + 2);
     for v6 in [false, true] {
         assert!(udp_from(&a1.ns, a1.ip(v6), a2.ip(v6), PORT + 1));
         assert!(
@@ -126,6 +128,8 @@ fn forged_source_addresses_are_dropped() {
             "control: a1's own address reaches a2 (IPv{})",
             if v6 { 6 } else { 4 }
         );
+        assert!(udp_from(&a1.ns, a1.ip(v6), Node::node_ip(v6), PORT + 2));
+        assert!(on_node.received(), "control: a1 reaches the node");
         for victim in [b1, dns] {
             let forged = victim.ip(v6);
             let len = if v6 { "128" } else { "32" };
@@ -137,6 +141,8 @@ fn forged_source_addresses_are_dropped() {
             a1.ns.ip(&args);
             assert!(udp_from(&a1.ns, forged, a2.ip(v6), PORT + 1));
             assert!(!sink.received(), "a1 forging {forged} must be dropped");
+            assert!(udp_from(&a1.ns, forged, Node::node_ip(v6), PORT + 2));
+            assert!(!on_node.received(), "a1 forging {forged} to the node");
             a1.ns.ip(&["addr", "del", &addr, "dev", "eth0"]);
         }
     }

@@ -140,8 +140,9 @@ fn projects_are_isolated_across_nodes_once_peers_are_synced() {
     // A pod that leaves n2 stops being a peer of n1 at the next sync, and
     // one that comes back is known again: in place, without a rebuild (which
     // would reset the drop counters).
-    let before = n1.table_handle();
+    let (before, epoch) = (n1.table_handle(), n1.epoch());
     sync(&n1, &on2[..1]);
+    assert_ne!(n1.epoch(), epoch, "a departed peer moves the epoch");
     assert!(neither(b2, a1), "b2 is no longer known to n1");
     assert!(both(a2, a1));
     sync(&n1, &on2);

@@ -147,12 +147,16 @@ fn local_pods_find_their_tenant_by_their_projects_interface_group() {
     // Policy changes go in place: the same table (a rebuild would make a new
     // one and reset the drop counters).
     let before = node.table_handle();
+    let epoch = node.epoch();
     node.cli(&["project", "join", "a", "b"]).ok();
     assert_eq!(
         map(&node),
         want(&[(ga, "tenant-a"), (gb, "tenant-a"), (gk, ACCEPT)])
     );
+    let joined = node.epoch();
     node.cli(&["project", "isolate", "b"]).ok();
+    // Open connections meet the rules again after each change.
+    assert!(epoch != joined && joined != node.epoch());
     assert_eq!(
         node.table_handle(),
         before,

@@ -10,6 +10,7 @@ use tracing::{info, warn};
 use crate::firewall::Firewall;
 use crate::ipam::{Attachment, IpStore};
 use crate::policy::diff::{peers_change, policy_change};
+use crate::policy::epoch::{mark, EpochMark};
 use crate::policy::file::{load, save};
 use crate::policy::peers::{self, Peer};
 use crate::policy::ruleset::{full, pod_change, tenants_with_chains, Groups, Known};
@@ -22,6 +23,7 @@ pub fn spec(conf: &NetConf) -> TableSpec {
         cluster_cidrs: cluster_cidrs(conf),
         masquerade: conf.isolation.masquerade,
         log_drops: conf.isolation.log_drops,
+        flow_mark_mask: conf.isolation.flow_mark_mask,
     }
 }
 
@@ -99,6 +101,10 @@ pub struct Layout {
     groups: Groups,
     /// `None` after the file was lost: the next change rebuilds the table.
     built: Option<Built>,
+    /// The fast path's epoch (`policy::epoch`), saved before the table gets
+    /// it, so that it never goes back to a value the table had.
+    #[serde(default)]
+    epoch: u64,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -131,7 +137,25 @@ fn load_layout<S: IpStore>(conf: &NetConf, store: &S) -> Result<Layout, CniError
     Ok(Layout {
         groups,
         built: None,
+        epoch: recovered_epoch(),
     })
+}
+
+/// With the file lost, the epoch the table holds is unknown: start far from
+/// wherever the counter was (a million epochs by default), not at 0.
+fn recovered_epoch() -> u64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    now.map_or(0, |d| d.as_secs())
+}
+
+/// Move the epoch and save it before the table gets it.
+fn next_epoch(conf: &NetConf, layout: &mut Layout) -> Result<Option<EpochMark>, CniError> {
+    layout.epoch += 1;
+    let m = mark(conf.isolation.flow_mark_mask, layout.epoch);
+    if m.is_some() {
+        save_layout(conf, layout)?;
+    }
+    Ok(m)
 }
 
 fn save_layout(conf: &NetConf, layout: &Layout) -> Result<(), CniError> {
@@ -181,9 +205,10 @@ pub fn rebuild<S: IpStore, F: Firewall>(
     // and the map and chains stay as small as the node's projects.
     let live: BTreeSet<&Project> = pods.iter().map(|p| &p.project).collect();
     layout.groups.retain(|p, _| live.contains(p));
+    next_epoch(conf, &mut layout)?;
     let groups = &layout.groups;
-    fw.apply("rebuild", &full(&spec(conf), policy, &pods, &peers, groups))
-        .map_err(fw_err)?;
+    let table = full(&spec(conf), policy, &pods, &peers, groups, layout.epoch);
+    fw.apply("rebuild", &table).map_err(fw_err)?;
     let mapped = groups.values().copied().collect();
     layout.built = Some(Built {
         chains: tenants_with_chains(policy, &pods, &peers, groups),
@@ -219,7 +244,7 @@ pub fn pod_changed<S: IpStore, F: Firewall>(
         Some(l) => l,
         None => load_layout(conf, store)?,
     };
-    let Some(built) = layout.built.as_mut() else {
+    let Some(built) = layout.built.as_ref() else {
         return rebuild(conf, store, fw, &policy);
     };
     let tenant = match policy.role(&pod.project) {
@@ -231,12 +256,19 @@ pub fn pod_changed<S: IpStore, F: Firewall>(
         group: pod.group == 0 || built.mapped.contains(&pod.group),
     };
     let what = if added { "pod add" } else { "pod delete" };
-    let batch = pod_change(&spec(conf), &policy, &pod, added, known);
+    let mut batch = pod_change(&spec(conf), &policy, &pod, added, known);
+    if !added {
+        // The pod's addresses may go to another project's pod next.
+        if let Some(m) = next_epoch(conf, &mut layout)? {
+            batch.set_epoch(m);
+        }
+    }
     if let Err(e) = fw.apply(what, &batch) {
         info!(error = %e, "incremental update failed; rebuilding the table");
         return rebuild(conf, store, fw, &policy);
     }
     if added && !(known.chain && known.group) {
+        let built = layout.built.as_mut().expect("checked above");
         built.chains.extend(tenant);
         if pod.group != 0 {
             built.mapped.insert(pod.group);
@@ -265,6 +297,10 @@ fn in_place<S: IpStore, F: Firewall>(
 ) -> Result<(), CniError> {
     let mut layout = load_layout(conf, store)?;
     let built = layout.built.take();
+    // Peers and policy may take permissions away: open connections meet the
+    // rules again (the new epoch is saved with "not built").
+    layout.epoch += 1;
+    let epoch = mark(conf.isolation.flow_mark_mask, layout.epoch);
     if built.is_some() {
         save_layout(conf, &layout)?;
     }
@@ -276,8 +312,11 @@ fn in_place<S: IpStore, F: Firewall>(
     let Some(mut built) = built else {
         return rebuild(conf, store, fw, &policy);
     };
-    let (batch, made) = plan(&policy, &layout.groups, &built.chains)?;
+    let (mut batch, made) = plan(&policy, &layout.groups, &built.chains)?;
     if !batch.elements.is_empty() || !made.is_empty() {
+        if let Some(m) = epoch {
+            batch.set_epoch(m);
+        }
         if let Err(e) = fw.apply(what, &batch) {
             info!(error = %e, what, "change in place failed; rebuilding the table");
             return rebuild(conf, store, fw, &policy);

@@ -123,7 +123,8 @@ impl Default for NftFirewall {
 
 impl Firewall for NftFirewall {
     fn apply(&mut self, what: &'static str, batch: &Batch) -> Result<(), FirewallError> {
-        let in_process = !batch.elements.is_empty() || !batch.tenant_chains.is_empty();
+        let in_process =
+            !batch.elements.is_empty() || !batch.tenant_chains.is_empty() || batch.epoch.is_some();
         if in_process && !batch.structural {
             let err = |source| FirewallError::InProcess {
                 what,

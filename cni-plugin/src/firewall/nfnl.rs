@@ -19,6 +19,7 @@ use netlink_sys::{protocols::NETLINK_NETFILTER, Socket};
 use crate::netlink::socket::connected;
 use crate::policy::nftjson::{Batch, Elem, ElementOp, Verdict};
 
+mod epoch;
 mod tenant;
 
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
@@ -45,6 +46,7 @@ const NFTA_DATA_VERDICT: u16 = 2;
 const NFTA_VERDICT_CODE: u16 = 1;
 const NFTA_VERDICT_CHAIN: u16 = 2;
 const NFT_JUMP: i32 = -3;
+const NFT_GOTO: i32 = -4;
 const NF_ACCEPT: i32 = 1;
 const IFNAMSIZ: usize = 16;
 
@@ -117,23 +119,33 @@ fn key(e: &Elem) -> Vec<u8> {
         Elem::Ifname(n) => ifname_bytes(n),
         Elem::IfAddr(n, a) => [ifname_bytes(n), addr_bytes(a)].concat(),
         // `meta iifgroup` loads the device's group in host order.
-        Elem::GroupMap(g, _) => g.to_ne_bytes().to_vec(),
+        Elem::GroupMap(k, _) | Elem::MarkMap(k, _) => k.to_ne_bytes().to_vec(),
     }
+}
+
+/// NFTA_DATA_VERDICT: an element's data, an immediate's value.
+fn put_verdict(data: &mut Attrs, verdict: &Verdict) {
+    data.nested(NFTA_DATA_VERDICT, |v| match verdict {
+        Verdict::Jump(chain) | Verdict::Goto(chain) => {
+            let code = if matches!(verdict, Verdict::Jump(_)) {
+                NFT_JUMP
+            } else {
+                NFT_GOTO
+            };
+            v.put(NFTA_VERDICT_CODE, &code.to_be_bytes());
+            v.put_str(NFTA_VERDICT_CHAIN, chain);
+        }
+        Verdict::Accept => v.put(NFTA_VERDICT_CODE, &NF_ACCEPT.to_be_bytes()),
+    })
 }
 
 fn element(list: &mut Attrs, e: &Elem) {
     list.nested(NFTA_LIST_ELEM, |el| {
         el.nested(NFTA_SET_ELEM_KEY, |k| k.put(NFTA_DATA_VALUE, &key(e)));
-        if let Elem::AddrMap(_, verdict) | Elem::GroupMap(_, verdict) = e {
-            el.nested(NFTA_SET_ELEM_DATA, |d| {
-                d.nested(NFTA_DATA_VERDICT, |v| match verdict {
-                    Verdict::Jump(chain) => {
-                        v.put(NFTA_VERDICT_CODE, &NFT_JUMP.to_be_bytes());
-                        v.put_str(NFTA_VERDICT_CHAIN, chain);
-                    }
-                    Verdict::Accept => v.put(NFTA_VERDICT_CODE, &NF_ACCEPT.to_be_bytes()),
-                })
-            })
+        if let Elem::AddrMap(_, verdict) | Elem::GroupMap(_, verdict) | Elem::MarkMap(_, verdict) =
+            e
+        {
+            el.nested(NFTA_SET_ELEM_DATA, |d| put_verdict(d, verdict))
         }
     });
 }
@@ -189,13 +201,17 @@ fn set_elements(op: &ElementOp, table: &str) -> Msg {
     }
 }
 
-/// The messages of a batch: new tenant chains first, then elements (which
-/// may be jumps to those chains).
+/// The messages of a batch: new tenant chains first, then the epoch rules,
+/// then elements (which may be jumps to those chains).
 fn messages(table: &str, batch: &Batch) -> Vec<Msg> {
     let mut out = Vec::new();
+    let accept = batch.member_verdict();
     for (i, c) in batch.tenant_chains.iter().enumerate() {
         // Set ids name new sets within one transaction: unique per batch.
-        out.extend(tenant::chain_messages(table, c, 1 + 2 * i as u32));
+        out.extend(tenant::chain_messages(table, c, 1 + 2 * i as u32, &accept));
+    }
+    if let Some(m) = batch.epoch {
+        out.extend(epoch::messages(table, m));
     }
     out.extend(batch.elements.iter().map(|op| set_elements(op, table)));
     out
@@ -400,5 +416,44 @@ mod tests {
             assert!(rule.windows(name.len()).any(|w| w == name));
         }
         assert!(rule.windows(11).any(|w| w == b"tenant-a-4\0"));
+    }
+
+    #[test]
+    fn the_epoch_rules_are_replaced_after_new_chains_and_before_elements() {
+        let mut batch = Batch::new("moat");
+        batch.fast_path = true;
+        batch.new_tenant_chain("tenant-a");
+        batch.set_epoch(crate::policy::epoch::mark(0xffff_f000, 2).unwrap());
+        batch.element(
+            false,
+            "pods4",
+            vec![Elem::Addr("10.0.0.2".parse().unwrap())],
+        );
+        assert!(!batch.structural, "encodable in-process");
+        let msgs = messages("moat", &batch);
+        let kinds: Vec<u16> = msgs.iter().map(|m| m.ty).collect();
+        // chain, (set, rule) x 2; the epoch map flushed and its element
+        // added, the marking chain flushed and its rule added; elements.
+        assert_eq!(kinds, [3, 9, 6, 9, 6, 14, 12, 8, 6, NFT_MSG_DELSETELEM]);
+        // The member rule goes to the verified chain.
+        let goto = NFT_GOTO.to_be_bytes();
+        assert!(msgs[2].attrs.windows(4).any(|w| w == goto));
+        assert!(msgs[2].attrs.windows(9).any(|w| w == b"verified\0"));
+        // A flush names its map and nothing else.
+        assert!(msgs[5].attrs.windows(6).any(|w| w == b"epoch\0"));
+        assert_eq!(msgs[5].attrs.len(), 12 + 12);
+        // The epoch in host order, as the mark register holds it.
+        assert!(msgs[6]
+            .attrs
+            .windows(4)
+            .any(|w| w == 0x3000u32.to_ne_bytes()));
+        let verified = &msgs[8].attrs;
+        for want in [0x0000_0fffu32, 0x3000] {
+            assert!(
+                verified.windows(4).any(|w| w == want.to_ne_bytes()),
+                "{want:#x}"
+            );
+        }
+        assert!(verified.windows(3).any(|w| w == b"ct\0"));
     }
 }

@@ -27,7 +27,7 @@ pub fn peers_change(
 ) -> (Batch, BTreeSet<Project>) {
     let (before, after): (BTreeSet<&Peer>, BTreeSet<&Peer>) =
         (old.iter().collect(), new.iter().collect());
-    let mut b = Batch::new(&spec.table);
+    let mut b = spec.batch();
     let mut made = BTreeSet::new();
     for gone in before.difference(&after).filter(|p| !local(p.ip)) {
         member_elements(&mut b, policy, &gone.project, gone.ip, false, true);
@@ -57,13 +57,13 @@ pub fn policy_change(
 ) -> (Batch, BTreeSet<Project>) {
     let (pods, peers, groups) = state;
     let elements = |policy: &Policy| -> BTreeSet<(String, Elem)> {
-        let plan = full(spec, policy, pods, peers, groups);
+        let plan = full(spec, policy, pods, peers, groups, 0);
         let ops = plan.elements.into_iter();
         ops.flat_map(|op| op.elems.into_iter().map(move |e| (op.set.clone(), e)))
             .collect()
     };
     let (before, after) = (elements(old), elements(new));
-    let mut b = Batch::new(&spec.table);
+    let mut b = spec.batch();
     let made: BTreeSet<Project> = tenants_with_chains(new, pods, peers, groups)
         .difference(chains)
         .cloned()

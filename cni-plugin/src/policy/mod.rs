@@ -1,6 +1,9 @@
 //! Tenants and projects → the desired nftables ruleset, as pure data.
 
 pub mod diff;
+pub mod epoch;
+#[cfg(test)]
+mod epoch_tests;
 pub mod file;
 pub mod model;
 pub mod nftjson;

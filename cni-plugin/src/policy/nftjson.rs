@@ -113,19 +113,23 @@ pub enum Elem {
     AddrMap(std::net::IpAddr, Verdict),
     /// `devgroup : verdict`: a project's interface group to its tenant.
     GroupMap(u32, Verdict),
+    /// `mark : verdict`: the fast path's epoch (see `policy::epoch`).
+    MarkMap(u32, Verdict),
 }
 
 /// What a verdict-map element sends a packet to.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Verdict {
     Jump(String),
+    Goto(String),
     Accept,
 }
 
 impl Verdict {
-    fn to_json(&self) -> Value {
+    pub fn to_json(&self) -> Value {
         match self {
             Verdict::Jump(chain) => jump(chain),
+            Verdict::Goto(chain) => json!({"goto": {"target": chain}}),
             Verdict::Accept => verdict("accept"),
         }
     }
@@ -138,7 +142,7 @@ impl Elem {
             Elem::Ifname(n) => json!(n),
             Elem::IfAddr(n, a) => concat(vec![json!(n), json!(a.to_string())]),
             Elem::AddrMap(a, v) => json!([a.to_string(), v.to_json()]),
-            Elem::GroupMap(g, v) => json!([g, v.to_json()]),
+            Elem::GroupMap(k, v) | Elem::MarkMap(k, v) => json!([k, v.to_json()]),
         }
     }
 }
@@ -159,6 +163,10 @@ pub struct Batch {
     /// The new tenant chains of `cmds` (each with one member set and one
     /// accept rule per family).
     pub tenant_chains: Vec<String>,
+    /// Tenant chains accept through the verified chain (the fast path is on).
+    pub fast_path: bool,
+    /// The epoch rules of `cmds`, replaced: see `policy::epoch`.
+    pub epoch: Option<super::epoch::EpochMark>,
     /// Whether `cmds` has anything but elements and new tenant chains: only
     /// such batches need the `nft` program.
     pub structural: bool,
@@ -171,7 +179,19 @@ impl Batch {
             cmds: Vec::new(),
             elements: Vec::new(),
             tenant_chains: Vec::new(),
+            fast_path: false,
+            epoch: None,
             structural: false,
+        }
+    }
+
+    /// How a tenant chain accepts a member: through the verified chain,
+    /// which marks the connection, when the fast path is on.
+    pub fn member_verdict(&self) -> Verdict {
+        if self.fast_path {
+            Verdict::Goto(super::epoch::VERIFIED_CHAIN.into())
+        } else {
+            Verdict::Accept
         }
     }
 
@@ -184,13 +204,14 @@ impl Batch {
         for f in FAMS {
             let set = f.tenant_set(chain);
             self.add_set(&set, json!(f.addr_type), &[], vec![]);
-            self.add_rule(chain, vec![in_set(f.daddr(), &set), verdict("accept")]);
+            let accept = self.member_verdict().to_json();
+            self.add_rule(chain, vec![in_set(f.daddr(), &set), accept]);
         }
         self.structural = structural;
         self.tenant_chains.push(chain.into());
     }
 
-    fn push(&mut self, verb: &str, kind: &str, mut body: Value) {
+    pub(super) fn push(&mut self, verb: &str, kind: &str, mut body: Value) {
         self.structural |= kind != "element";
         body["family"] = json!("inet");
         if kind == "table" {
@@ -238,6 +259,10 @@ impl Batch {
             body["policy"] = json!("accept");
         }
         self.push("add", "chain", body);
+    }
+
+    pub fn flush_chain(&mut self, name: &str) {
+        self.push("flush", "chain", json!({"name": name}));
     }
 
     pub fn add_rule(&mut self, chain: &str, expr: Vec<Value>) {

@@ -8,6 +8,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use serde_json::{json, Value};
 
+use super::epoch::{mark, masked_mark, EPOCH_MAP, VERIFIED_CHAIN};
 use super::model::{Policy, Project, Role};
 use super::nftjson::{
     concat, counter, ct, in_set, jump, matches, meta, not_in_set, verdict, Batch, Elem, Fam,
@@ -40,11 +41,23 @@ pub struct TableSpec {
     pub cluster_cidrs: Vec<IpNetwork>,
     pub masquerade: bool,
     pub log_drops: bool,
+    /// Conntrack mark bits of the fast path; 0: off.
+    pub flow_mark_mask: u32,
+}
+
+impl TableSpec {
+    /// An empty batch for our table.
+    pub fn batch(&self) -> Batch {
+        let mut b = Batch::new(&self.table);
+        b.fast_path = self.flow_mark_mask != 0;
+        b
+    }
 }
 
 /// Per (source, destination) drop counters: local sources, other nodes' pods.
 pub const DROP_METERS: [&str; 2] = ["drops", "peerdrops"];
-const PRIO_RAW: i32 = -300;
+/// Where a pod's packets prove their source.
+const ANTISPOOF: &str = "antispoof";
 const PRIO_FILTER_EARLY: i32 = -5;
 const PRIO_SRCNAT: i32 = 100;
 
@@ -55,15 +68,16 @@ pub fn tenant_chain(t: &Project) -> String {
 /// The whole table, replacing whatever is there in the same transaction
 /// (add-then-delete makes the delete safe when the table is missing).
 /// Peers (pods of other nodes) join their tenant's map and sets; an address
-/// that is also a local pod is the local pod's.
+/// that is also a local pod is the local pod's. `epoch`: see `policy::epoch`.
 pub fn full(
     spec: &TableSpec,
     policy: &Policy,
     pods: &[PodEntry],
     peers: &[Peer],
     groups: &Groups,
+    epoch: u64,
 ) -> Batch {
-    let mut b = Batch::new(&spec.table);
+    let mut b = spec.batch();
     b.add_table();
     b.delete_table();
     b.add_table();
@@ -78,6 +92,9 @@ pub fn full(
         declare_family_sets(&mut b, spec, f);
     }
     base_chains(&mut b, spec);
+    if let Some(m) = mark(spec.flow_mark_mask, epoch) {
+        b.set_epoch(m);
+    }
     let mut tenants: BTreeSet<Project> = BTreeSet::new();
     let mut ensure_chain = |b: &mut Batch, project: &Project| {
         if let Role::Tenant(t) = policy.role(project) {
@@ -152,7 +169,7 @@ pub fn pod_change(
     add: bool,
     known: Known,
 ) -> Batch {
-    let mut b = Batch::new(&spec.table);
+    let mut b = spec.batch();
     if let (true, Role::Tenant(t)) = (add, policy.role(&pod.project)) {
         if !known.chain {
             b.new_tenant_chain(&tenant_chain(&t));
@@ -243,22 +260,30 @@ fn nfproto(f: Fam) -> Value {
     matches(meta("nfproto"), "==", json!(name))
 }
 
+/// A packet from one of our veths with that pod's own address. Our veths
+/// carry a group (a project's number), most other links none: they skip the
+/// lookup at a compare.
+fn own_source(f: Fam) -> Vec<Value> {
+    vec![
+        nfproto(f),
+        matches(meta("iifgroup"), "!=", json!(0)),
+        in_set(concat(vec![meta("iifname"), f.saddr()]), &f.name("podsrc")),
+    ]
+}
+
 fn base_chains(b: &mut Batch, spec: &TableSpec) {
-    // Anti-spoofing before conntrack and DNAT: a pod's packets must carry its own address.
-    b.add_chain("prerouting", Some(("filter", "prerouting", PRIO_RAW)));
-    // The common case first, in one lookup: a pod's packet with its own
-    // address. Our veths carry a group (a project's number), most other links
-    // none: they skip the lookup at a compare.
+    // Anti-spoofing: a pod's packets must carry its own address, whether
+    // they are forwarded or for the node. Jumped to from the forward and
+    // input chains rather than hooked at prerouting: a hook of its own was a
+    // second chain run on every forwarded packet (a spoofed packet still
+    // stops before routing could deliver it: a conntrack entry made for it
+    // is never confirmed, a DNAT keeps its source).
+    b.add_chain(ANTISPOOF, None);
+    // The common case first, in one lookup: a pod's packet with its own address.
     for f in FAMS {
-        b.add_rule(
-            "prerouting",
-            vec![
-                nfproto(f),
-                matches(meta("iifgroup"), "!=", json!(0)),
-                in_set(concat(vec![meta("iifname"), f.saddr()]), &f.name("podsrc")),
-                verdict("return"),
-            ],
-        );
+        let mut rule = own_source(f);
+        rule.push(verdict("return"));
+        b.add_rule(ANTISPOOF, rule);
     }
     // Link-local and unspecified sources (NDP, DAD) are the pod's too.
     for ll in ["fe80::/10", "::"] {
@@ -266,7 +291,7 @@ fn base_chains(b: &mut Batch, spec: &TableSpec) {
             .split_once('/')
             .map_or((ll, 128), |(a, l)| (a, l.parse().unwrap_or(128)));
         b.add_rule(
-            "prerouting",
+            ANTISPOOF,
             vec![
                 nfproto(FAMS[1]),
                 matches(
@@ -280,7 +305,7 @@ fn base_chains(b: &mut Batch, spec: &TableSpec) {
     }
     for f in FAMS {
         b.add_rule(
-            "prerouting",
+            ANTISPOOF,
             vec![
                 nfproto(f),
                 in_set(meta("iifname"), "podif"),
@@ -294,7 +319,22 @@ fn base_chains(b: &mut Batch, spec: &TableSpec) {
         to_pod_chain(b, f, spec.log_drops);
         from_pod_chain(b, f);
     }
+    b.add_chain("input", Some(("filter", "input", PRIO_FILTER_EARLY)));
+    b.add_rule("input", vec![jump(ANTISPOOF)]);
     b.add_chain("forward", Some(("filter", "forward", PRIO_FILTER_EARLY)));
+    if spec.flow_mark_mask != 0 {
+        // First, in one rule: a pod's packet with its own source on a
+        // connection the rules accepted in this epoch.
+        b.add_verdict_map(EPOCH_MAP, "mark", vec![]);
+        b.add_chain(VERIFIED_CHAIN, None);
+        for f in FAMS {
+            let mut rule = own_source(f);
+            let epoch = format!("@{EPOCH_MAP}");
+            rule.push(json!({"vmap": {"key": masked_mark(spec.flow_mark_mask), "data": epoch}}));
+            b.add_rule("forward", rule);
+        }
+    }
+    b.add_rule("forward", vec![jump(ANTISPOOF)]);
     for f in FAMS {
         b.add_rule(
             "forward",

@@ -21,16 +21,17 @@ fn p(name: &str) -> Project {
     Project::new(name).unwrap()
 }
 
-fn spec(log_drops: bool, masquerade: bool) -> TableSpec {
+pub(super) fn spec(log_drops: bool, masquerade: bool) -> TableSpec {
     TableSpec {
         table: "moat".into(),
         cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
         masquerade,
         log_drops,
+        flow_mark_mask: 0xff00_0000,
     }
 }
 
-fn pod(i: u32, project: &str) -> PodEntry {
+pub(super) fn pod(i: u32, project: &str) -> PodEntry {
     PodEntry {
         host_ifname: format!("moat{i:011x}"),
         ips: vec![
@@ -43,7 +44,7 @@ fn pod(i: u32, project: &str) -> PodEntry {
 }
 
 /// Groups numbered in order of first appearance, as `project_group` does.
-fn grouped(mut pods: Vec<PodEntry>) -> (Vec<PodEntry>, Groups) {
+pub(super) fn grouped(mut pods: Vec<PodEntry>) -> (Vec<PodEntry>, Groups) {
     let mut groups = Groups::new();
     for pod in &mut pods {
         let next = groups.len() as u32 + 1;
@@ -62,6 +63,7 @@ fn empty_table(log_drops: bool, masquerade: bool) -> super::nftjson::Batch {
         &[],
         &[],
         &Groups::new(),
+        1,
     )
 }
 
@@ -152,11 +154,11 @@ fn rule_count_is_independent_of_pods_and_projects() {
             .map(|i| pod(i, &format!("p{}", i % 100)))
             .collect(),
     );
-    let base = full(&spec(false, true), &policy, &few, &[], &g_few).rule_count();
+    let base = full(&spec(false, true), &policy, &few, &[], &g_few, 1).rule_count();
     // Each tenant chain holds two rules (v4, v6); the per-packet path visits one.
     let tenants = |n: usize| 2 * n;
     assert_eq!(
-        full(&spec(false, true), &policy, &many, &[], &g_many).rule_count() - tenants(100),
+        full(&spec(false, true), &policy, &many, &[], &g_many, 1).rule_count() - tenants(100),
         base - tenants(1)
     );
 }
@@ -184,7 +186,7 @@ fn tenant_pods_map_to_their_tenant_chain_and_global_pods_to_the_global_set() {
         pod(3, "kube-system"),
         pod(4, "a"),
     ]);
-    let b = full(&spec(false, true), &policy, &pods, &[], &groups);
+    let b = full(&spec(false, true), &policy, &pods, &[], &groups, 1);
     let mut tenant_chains: Vec<_> = chains(&b.cmds)
         .into_iter()
         .filter(|c| c.starts_with("tenant-"))
@@ -222,6 +224,7 @@ fn a_veth_without_a_group_finds_its_tenant_by_address() {
         &[pod(0, "a")],
         &[],
         &Groups::new(),
+        1,
     );
     assert_eq!(tenant_map(&b.cmds), pairs(&[("10.1.0.2", "tenant-a")]));
     assert!(group_map(&b.cmds).is_empty());
@@ -237,6 +240,7 @@ fn egress_deny_puts_the_project_pods_in_the_deny_sets() {
         &[pod(0, "a"), pod(1, "b")],
         &[],
         &Groups::new(),
+        1,
     );
     assert_eq!(addrs(&b.cmds, "add", "egress_deny4"), ["10.1.0.2"]);
     assert_eq!(addrs(&b.cmds, "add", "egress_deny6"), ["fd00::2"]);
@@ -310,6 +314,7 @@ fn peers_join_their_tenant_but_a_local_pod_keeps_its_address() {
         &[pod(0, "a")],
         &peers,
         &Groups::new(),
+        1,
     );
     assert_eq!(
         tenant_map(&b.cmds),

@@ -24,6 +24,9 @@ pub struct AttachmentRef {
     pub ifname: String,
 }
 
+/// 20 bits: a million epochs before one comes round again.
+pub const DEFAULT_FLOW_MARK_MASK: u32 = 0xffff_f000;
+
 /// Tenant isolation settings (the `isolation` object).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -42,6 +45,13 @@ pub struct IsolationConf {
     pub log_drops: bool,
     /// Policy file; defaults to `<dataDir>/<network>/policy.json`. May be a mounted ConfigMap.
     pub policy_file: Option<PathBuf>,
+    /// Bits of the conntrack mark that hold the table's epoch: a connection
+    /// the tenant rules accepted carries it, and its later packets pass at
+    /// one compare until any change that removes a permission (DEL, peers,
+    /// policy) moves the epoch and sends every connection back to the rules.
+    /// Contiguous bits; 0 turns the fast path off. The default leaves the low
+    /// 12 bits to others (service meshes mark connections there).
+    pub flow_mark_mask: u32,
 }
 
 impl Default for IsolationConf {
@@ -55,6 +65,7 @@ impl Default for IsolationConf {
             masquerade: true,
             log_drops: false,
             policy_file: None,
+            flow_mark_mask: DEFAULT_FLOW_MARK_MASK,
         }
     }
 }
@@ -148,6 +159,7 @@ impl NetConf {
             .unwrap_or_default();
         let isolation = raw.isolation.unwrap_or_default();
         validate_table_name(&isolation.table)?;
+        validate_mark_mask(isolation.flow_mark_mask)?;
         Ok(Self {
             version,
             name: raw.name,
@@ -262,6 +274,19 @@ fn validate_table_name(name: &str) -> Result<(), CniError> {
     }
 }
 
+/// Epochs are counted in one run of bits: a mask with holes would need a
+/// scatter of the counter that no operator expects.
+fn validate_mark_mask(mask: u32) -> Result<(), CniError> {
+    let run = mask.checked_shr(mask.trailing_zeros()).unwrap_or(0);
+    if mask == 0 || run & run.wrapping_add(1) == 0 {
+        return Ok(());
+    }
+    Err(CniError::new(
+        Code::InvalidConfig,
+        format!("isolation.flowMarkMask {mask:#010x} is not one run of bits"),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -330,5 +355,21 @@ mod tests {
             "cni.dev/valid-attachments":[{"containerID":"a","ifname":"eth0"}]}"#;
         let c = NetConf::parse(g.as_bytes(), "moat").unwrap();
         assert_eq!(c.valid_attachments.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn flow_mark_mask_is_one_run_of_bits_or_off() {
+        let with = |mask: u32| {
+            let c = format!(
+                r#"{{"cniVersion":"1.0.0","name":"n","type":"moat","isolation":{{"flowMarkMask":{mask}}}}}"#
+            );
+            NetConf::parse(c.as_bytes(), "moat").map(|c| c.isolation.flow_mark_mask)
+        };
+        assert_eq!(with(0).unwrap(), 0);
+        assert_eq!(with(0x00ff_0000).unwrap(), 0x00ff_0000);
+        assert_eq!(with(u32::MAX).unwrap(), u32::MAX);
+        assert_eq!(with(0x0f0f_0000).unwrap_err().code, Code::InvalidConfig);
+        let default = NetConf::parse(CONF.as_bytes(), "moat").unwrap();
+        assert_eq!(default.isolation.flow_mark_mask, DEFAULT_FLOW_MARK_MASK);
     }
 }

@@ -10,12 +10,12 @@
 //! [ immediate reg 0 accept ]
 //! ```
 
-use super::{Attrs, Msg, NFTA_DATA_VALUE, NFTA_DATA_VERDICT, NFTA_LIST_ELEM, NFTA_VERDICT_CODE};
+use super::{put_verdict, Attrs, Msg, NFTA_DATA_VALUE, NFTA_LIST_ELEM};
 use super::{NLM_F_APPEND, NLM_F_CREATE, NLM_F_EXCL};
-use crate::policy::nftjson::FAMS;
+use crate::policy::nftjson::{Verdict, FAMS};
 
 const NFT_MSG_NEWCHAIN: u16 = 3;
-const NFT_MSG_NEWRULE: u16 = 6;
+pub(super) const NFT_MSG_NEWRULE: u16 = 6;
 const NFT_MSG_NEWSET: u16 = 9;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
@@ -25,17 +25,16 @@ const NFTA_SET_FLAGS: u16 = 3;
 const NFTA_SET_KEY_TYPE: u16 = 4;
 const NFTA_SET_KEY_LEN: u16 = 5;
 const NFTA_SET_ID: u16 = 10;
-const NFTA_RULE_TABLE: u16 = 1;
-const NFTA_RULE_CHAIN: u16 = 2;
-const NFTA_RULE_EXPRESSIONS: u16 = 4;
+pub(super) const NFTA_RULE_TABLE: u16 = 1;
+pub(super) const NFTA_RULE_CHAIN: u16 = 2;
+pub(super) const NFTA_RULE_EXPRESSIONS: u16 = 4;
 const NFTA_EXPR_NAME: u16 = 1;
 const NFTA_EXPR_DATA: u16 = 2;
 const NFT_REG_VERDICT: u32 = 0;
-const NFT_REG_1: u32 = 1;
+pub(super) const NFT_REG_1: u32 = 1;
 const NFT_META_NFPROTO: u32 = 15;
 const NFT_CMP_EQ: u32 = 0;
 const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
-const NF_ACCEPT: u32 = 1;
 /// nft's datatype numbers, which `nft list` reads back as the set's type.
 const TYPE_IPADDR: u32 = 7;
 const TYPE_IP6ADDR: u32 = 8;
@@ -49,18 +48,18 @@ fn family(v4: bool) -> (u8, u32, u32, u32) {
     }
 }
 
-fn be(v: u32) -> [u8; 4] {
+pub(super) fn be(v: u32) -> [u8; 4] {
     v.to_be_bytes()
 }
 
-fn expr(list: &mut Attrs, name: &str, data: impl FnOnce(&mut Attrs)) {
+pub(super) fn expr(list: &mut Attrs, name: &str, data: impl FnOnce(&mut Attrs)) {
     list.nested(NFTA_LIST_ELEM, |e| {
         e.put_str(NFTA_EXPR_NAME, name);
         e.nested(NFTA_EXPR_DATA, data);
     });
 }
 
-fn accept_members(list: &mut Attrs, set: &str, set_id: u32, v4: bool) {
+fn accept_members(list: &mut Attrs, set: &str, set_id: u32, v4: bool, accept: &Verdict) {
     let (nfproto, offset, len, _) = family(v4);
     expr(list, "meta", |d| {
         d.put(1, &be(NFT_REG_1)); // NFTA_META_DREG
@@ -82,20 +81,25 @@ fn accept_members(list: &mut Attrs, set: &str, set_id: u32, v4: bool) {
         d.put(2, &be(NFT_REG_1)); // NFTA_LOOKUP_SREG
         d.put(4, &be(set_id)); // NFTA_LOOKUP_SET_ID
     });
+    immediate(list, accept);
+}
+
+/// `immediate reg 0 <verdict>`: a rule's verdict.
+pub(super) fn immediate(list: &mut Attrs, verdict: &Verdict) {
     expr(list, "immediate", |d| {
         d.put(1, &be(NFT_REG_VERDICT)); // NFTA_IMMEDIATE_DREG
-        d.nested(2, |data| {
-            // NFTA_IMMEDIATE_DATA
-            data.nested(NFTA_DATA_VERDICT, |v| {
-                v.put(NFTA_VERDICT_CODE, &be(NF_ACCEPT))
-            });
-        });
+        d.nested(2, |data| put_verdict(data, verdict)); // NFTA_IMMEDIATE_DATA
     });
 }
 
 /// NEWCHAIN (exclusive: a chain that exists after all fails the batch),
 /// then per family NEWSET and NEWRULE.
-pub(super) fn chain_messages(table: &str, chain: &str, first_set_id: u32) -> Vec<Msg> {
+pub(super) fn chain_messages(
+    table: &str,
+    chain: &str,
+    first_set_id: u32,
+    accept: &Verdict,
+) -> Vec<Msg> {
     let mut c = Attrs(Vec::new());
     c.put_str(NFTA_CHAIN_TABLE, table);
     c.put_str(NFTA_CHAIN_NAME, chain);
@@ -126,7 +130,7 @@ pub(super) fn chain_messages(table: &str, chain: &str, first_set_id: u32) -> Vec
         r.put_str(NFTA_RULE_TABLE, table);
         r.put_str(NFTA_RULE_CHAIN, chain);
         r.nested(NFTA_RULE_EXPRESSIONS, |list| {
-            accept_members(list, &set, set_id, v4)
+            accept_members(list, &set, set_id, v4, accept)
         });
         out.push(Msg {
             what: format!("new rule in chain {chain}"),

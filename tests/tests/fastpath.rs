@@ -1,0 +1,117 @@
+//! The verified-connection fast path: connections the tenant rules accepted
+//! are marked and pass at one compare, until a change that can take a
+//! permission away sends every connection back to the rules. The case that
+//! would break isolation without it: a pod's address goes, on DEL, to a pod
+//! of another project, and a connection to the old pod is still open.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+
+use serde_json::{json, Value};
+
+use moat_e2e::cni::{attach, Node, Pod};
+use moat_e2e::netns::run_ok;
+use moat_e2e::probe::{echo_on, serve, tcp_connect, Sink, PORT, TIMEOUT};
+
+/// Three addresses: after A, D and B, the next pod gets B's address back.
+fn tight_conf() -> Value {
+    json!({
+        "cniVersion": "1.1.0", "name": "moat-test", "type": "moat",
+        "ipam": {"ranges": [[{"subnet": "10.78.0.0/24",
+                              "rangeStart": "10.78.0.10", "rangeEnd": "10.78.0.12"}]]},
+    })
+}
+
+/// A table of the test's own, in the node netns, counting forwarded packets
+/// of connections that carry a mark in the fast path's bits.
+fn count_marked(node: &Node) -> impl Fn() -> u64 + '_ {
+    let nft = |args: &str| {
+        run_ok(node.ns.exec("nft").args(args.split(' ')));
+    };
+    nft("add table inet moattest");
+    nft("add chain inet moattest counted { type filter hook forward priority 10 ; }");
+    nft("add rule inet moattest counted ct mark and 0xfffff000 != 0 counter");
+    move || {
+        let out = run_ok(
+            node.ns
+                .exec("nft")
+                .args(["-j", "list", "chain", "inet", "moattest", "counted"]),
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["nftables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|o| o.pointer("/rule/expr"))
+            .flat_map(|e| e.as_array().unwrap().iter())
+            .filter_map(|e| e.pointer("/counter/packets"))
+            .map(|p| p.as_u64().unwrap())
+            .sum()
+    }
+}
+
+/// One UDP round trip on a socket kept open (one conntrack entry).
+fn udp_echo(s: &UdpSocket, to: IpAddr) -> bool {
+    let mut buf = [0u8; 8];
+    s.send_to(b"ping", SocketAddr::new(to, PORT)).is_ok() && s.recv_from(&mut buf).is_ok()
+}
+
+#[test]
+fn an_open_connection_to_a_deleted_pod_does_not_reach_the_next_owner_of_its_address() {
+    let node = Node::new(tight_conf());
+    let pods = attach(&node, &["a", "a", "a"]);
+    let (a, d, b) = (&pods[0], &pods[1], &pods[2]);
+    serve(&d.ns);
+    serve(&b.ns);
+    let marked = count_marked(&node);
+    let udp =
+        a.ns.run(|| UdpSocket::bind((a.ip(false), 40000)).expect("bind"));
+    udp.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert!(udp_echo(&udp, b.ip(false)) && udp_echo(&udp, b.ip(false)));
+    let mut tcp = tcp_connect(&a.ns, d.ip(false)).expect("a → d");
+    assert!(echo_on(&mut tcp));
+    assert!(marked() > 0, "same-tenant connections pass marked");
+    let (epoch, handle) = (node.epoch(), node.table_handle());
+
+    node.del(b).ok();
+    let moved = node.epoch();
+    assert_ne!(moved, epoch, "a DEL moves the epoch");
+    assert_eq!(node.table_handle(), handle, "in the DEL's own transaction");
+    let mut c = Pod::new("c");
+    let out = node.add(&c).ok();
+    c.set_result(&out.json());
+    assert_eq!(c.ip(false), b.ip(false), "c got b's address");
+    assert_eq!(node.epoch(), moved, "an ADD takes no permission away");
+
+    let sink = Sink::open(&c.ns, PORT);
+    let _ = udp.send_to(b"stale", SocketAddr::new(c.ip(false), PORT));
+    assert!(
+        !sink.received(),
+        "the old connection must not reach project c"
+    );
+    let drops = node.cli(&["drops"]).ok().stdout;
+    assert!(
+        drops
+            .lines()
+            .any(|l| l.split_whitespace().take(2).eq(["a", "c"])),
+        "counted as a → c: {drops}"
+    );
+    assert!(
+        echo_on(&mut tcp),
+        "a connection the rules still allow survives the new epoch"
+    );
+    node.del(&c).ok();
+}
+
+#[test]
+fn with_the_fast_path_off_tenants_accept_directly() {
+    let mut conf = tight_conf();
+    conf["isolation"] = json!({"flowMarkMask": 0});
+    let node = Node::new(conf);
+    let pods = attach(&node, &["a", "a", "b"]);
+    serve(&pods[1].ns);
+    let listing = node.nft_table().expect("table").to_string();
+    assert!(!listing.contains("epoch") && !listing.contains("verified"));
+    let mut tcp = tcp_connect(&pods[0].ns, pods[1].ip(false)).expect("a → a");
+    assert!(echo_on(&mut tcp));
+    assert!(tcp_connect(&pods[0].ns, pods[2].ip(false)).is_none());
+}
