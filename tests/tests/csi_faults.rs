@@ -2,7 +2,9 @@
 //! consistent (SIGTERM restarts, SIGKILL at crash points and at random).
 
 use moat_csi_proto as csi;
-use moat_e2e::csi::{create_req, is_mounted, mount_cap, refused, write_in, Cluster, Mode, MIB};
+use moat_e2e::csi::{
+    block_cap, create_req, is_mounted, mount_cap, refused, write_in, Cluster, Mode, MIB,
+};
 use nix::sys::signal::Signal;
 use tonic::Code;
 
@@ -156,5 +158,35 @@ async fn sigkill_at_random_moments_during_creates_loses_nothing() {
                 .await
                 .unwrap();
         }
+    }
+}
+
+/// A second mount stacked on a target (what a publish retried after a crash
+/// between its mount and its answer can leave) goes with NodeUnpublish too,
+/// for a directory target and for a block volume's device-node file.
+#[tokio::test(flavor = "multi_thread")]
+async fn unpublish_removes_a_target_with_mounts_stacked_on_it() {
+    let c = Cluster::new(&["n1"]);
+    for (name, cap) in [
+        ("pvc-stacked", mount_cap(Mode::SingleNodeWriter, "ext4")),
+        ("pvc-stacked-block", block_cap(Mode::SingleNodeWriter)),
+    ] {
+        let id = c.create(name, 32 * MIB, cap.clone(), "shop").await;
+        let target = c.attach(0, &id, cap, false, "shop", name).await.unwrap();
+        let stacked = std::process::Command::new("mount")
+            .args(["--bind", &target, &target])
+            .status()
+            .unwrap();
+        assert!(stacked.success());
+        let unpub = csi::NodeUnpublishVolumeRequest {
+            volume_id: id.clone(),
+            target_path: target.clone(),
+        };
+        c.node(0).await.node_unpublish_volume(unpub).await.unwrap();
+        assert!(!is_mounted(&target), "{name}: no mount left");
+        assert!(
+            !std::path::Path::new(&target).exists(),
+            "{name}: target removed"
+        );
     }
 }

@@ -6,9 +6,11 @@
 //! (3 ms of a 5 ms ADD). The maintained Rust crates that speak nf_tables
 //! netlink are GPL (rustables) or bind the GPL libnftnl, which this
 //! Apache-2.0 project cannot link; so the few message kinds needed here
-//! (batch begin/end, NEWSETELEM, DELSETELEM, and NEWCHAIN, NEWSET, NEWRULE
-//! for a tenant chain) are encoded below on netlink-sys. The rest of the
-//! table (base chains, policy changes, rebuilds) still goes through `nft`.
+//! (batch begin/end, NEWSETELEM, DELSETELEM, NEWCHAIN, NEWSET, NEWRULE for a
+//! tenant chain, and a map and a chain flushed and refilled for the epoch)
+//! are encoded below on netlink-sys; so are peers syncs and policy changes,
+//! which are made of the same. A rebuild of the whole table still goes
+//! through `nft`.
 
 use std::net::IpAddr;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};

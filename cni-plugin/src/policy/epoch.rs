@@ -2,7 +2,7 @@
 //! accepted is marked with the table's epoch (in the configured bits of its
 //! conntrack mark); while the epoch stands, a pod's packet on it passes in the
 //! forward chain's first rule — its source proven, its mark looked up — instead
-//! of the anti-spoofing chain and the four set lookups of the tenant check.
+//! of the anti-spoofing chain and the three set lookups of the tenant check.
 //! Anything that can take a permission away (a DEL, whose address may go to
 //! another project's pod next; a peer leaving; join, global, isolate) moves the
 //! epoch in the same transaction, so every open connection meets the rules

@@ -167,8 +167,8 @@ pub struct Batch {
     pub fast_path: bool,
     /// The epoch rules of `cmds`, replaced: see `policy::epoch`.
     pub epoch: Option<super::epoch::EpochMark>,
-    /// Whether `cmds` has anything but elements and new tenant chains: only
-    /// such batches need the `nft` program.
+    /// Whether `cmds` has anything but elements, new tenant chains and the
+    /// epoch: only such batches need the `nft` program.
     pub structural: bool,
 }
 

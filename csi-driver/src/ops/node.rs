@@ -198,22 +198,22 @@ pub fn publish(d: &Driver, a: &PublishArgs) -> Result<bool> {
 pub fn unpublish(d: &Driver, id: &str, target: &str) -> Result<()> {
     let target_path = Path::new(target);
     let _lock = d.store.lock()?;
-    // The spec has the plugin remove what it created at the target. A mount
-    // still there (one stacked by a retried publish) makes the removal fail
-    // with EBUSY: unmount again, instead of probing for it every time.
+    // The spec has the plugin remove what it created at the target (a
+    // directory, or a file for a block volume). A mount still there (one
+    // stacked by a retried publish) makes the removal fail with EBUSY:
+    // unmount again, rather than probe with a second umount every time.
     let mut mounted = d.mounter.unmount(target_path)?;
     loop {
-        match fs::remove_dir(target_path) {
+        let removed = match fs::remove_dir(target_path) {
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOTDIR) => fs::remove_file(target_path),
+            other => other,
+        };
+        match removed {
             Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) && mounted => {
                 mounted = d.mounter.unmount(target_path)?;
             }
-            Err(e) if e.raw_os_error() == Some(nix::libc::ENOTDIR) => {
-                while d.mounter.unmount(target_path)? {}
-                fs::remove_file(target_path).map_err(io("remove", target_path))?;
-                break;
-            }
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(io("remove", target_path)(e))?
+                return Err(io("remove", target_path)(e));
             }
             _ => break,
         }

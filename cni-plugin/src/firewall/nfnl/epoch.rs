@@ -17,13 +17,11 @@ use super::tenant::{
     NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_TABLE, NFT_MSG_NEWRULE, NFT_REG_1,
 };
 use super::{set_elements, Attrs, Msg, NFTA_DATA_VALUE, NLM_F_APPEND, NLM_F_CREATE};
+use super::{NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_TABLE, NFT_MSG_DELSETELEM};
 use crate::policy::epoch::{EpochMark, EPOCH_MAP, VERIFIED_CHAIN};
 use crate::policy::nftjson::{Elem, ElementOp, Verdict};
 
 const NFT_MSG_DELRULE: u16 = 8;
-const NFT_MSG_DELSETELEM: u16 = 14;
-const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
-const NFTA_SET_ELEM_LIST_SET: u16 = 2;
 const NFT_CT_MARK: u32 = 3;
 
 fn mark_rule(list: &mut Attrs, m: EpochMark) {
