@@ -38,10 +38,12 @@ fn main() -> anyhow::Result<()> {
     if args.mode.node() {
         ops::reconcile::node(&driver)?;
     }
-    // One async thread: it only decodes requests and hands them to the
-    // blocking pool (every mount, file and tool call runs there), so a
-    // second worker would only add cross-thread wake-ups to each RPC.
-    tokio::runtime::Builder::new_current_thread()
+    // One async worker: it only decodes requests; every mount, file and tool
+    // call runs in `block_in_place` (service::Ctx::run), which needs the
+    // multi-thread scheduler to hand the worker's tasks to another thread
+    // while it blocks. A second worker would only add cross-thread wake-ups.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()?
         .block_on(server::serve(

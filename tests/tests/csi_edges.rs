@@ -274,3 +274,88 @@ fn sigterm_stops_within(driver: &mut moat_e2e::csi::Process, secs: u64) {
         "graceful shutdown removes the socket"
     );
 }
+
+/// A mount that waits (here on the pool's lock, held as another node or a
+/// slow shared filesystem would hold it) blocks only its own RPC: on the same
+/// connection, as kubelet's, the same volume answers ABORTED and other RPCs
+/// are answered while it waits; released, it completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operation_that_waits_blocks_only_its_own_rpc() {
+    use nix::fcntl::{Flock, FlockArg};
+    let c = Cluster::new(&["n1"]);
+    let cap = mount_cap(Mode::MultiNodeMultiWriter, "");
+    let id = c.create("pvc-wait", 64 * MIB, cap.clone(), "shop").await;
+    let staging = c.path(0, "staging");
+    let node = c.node(0).await;
+    node.clone()
+        .node_stage_volume(stage_req(&id, &staging, cap.clone()))
+        .await
+        .unwrap();
+    let lock_path = c.pool.join(".moat/lock");
+    let lock_file = std::fs::File::open(&lock_path).unwrap();
+    let inode = std::os::unix::fs::MetadataExt::ino(&lock_file.metadata().unwrap());
+    let held = Flock::lock(lock_file, FlockArg::LockExclusive).unwrap();
+
+    let target = c.path(0, "target");
+    let first = tokio::spawn({
+        let mut n = node.clone();
+        let req = publish_req(&id, &staging, &target, cap.clone(), false, "shop");
+        async move { n.node_publish_volume(req).await }
+    });
+    wait_for_lock_waiter(inode).await;
+    // A driver that waited on the async worker would answer nothing now:
+    // fail then, do not hang.
+    let answered = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        let again = publish_req(
+            &id,
+            &staging,
+            &c.path(0, "other"),
+            cap.clone(),
+            false,
+            "shop",
+        );
+        let code = node
+            .clone()
+            .node_publish_volume(again)
+            .await
+            .unwrap_err()
+            .code();
+        assert_eq!(code, Code::Aborted, "the volume's operation is in progress");
+        let caps = csi::NodeGetCapabilitiesRequest {};
+        node.clone().node_get_capabilities(caps).await.unwrap();
+        let info = node.clone().node_get_info(csi::NodeGetInfoRequest {}).await;
+        assert_eq!(info.unwrap().into_inner().node_id, "n1");
+    })
+    .await;
+    assert!(answered.is_ok(), "no answer while a publish waited");
+    assert!(!first.is_finished(), "the publish still waits for the lock");
+
+    drop(held);
+    first
+        .await
+        .unwrap()
+        .expect("the publish completes once the lock is free");
+    assert!(moat_e2e::csi::is_mounted(&target));
+    let unpub = csi::NodeUnpublishVolumeRequest {
+        volume_id: id.clone(),
+        target_path: target.clone(),
+    };
+    node.clone().node_unpublish_volume(unpub).await.unwrap();
+    assert!(!moat_e2e::csi::is_mounted(&target));
+}
+
+/// Until /proc/locks shows a process waiting for the flock on `inode`.
+async fn wait_for_lock_waiter(inode: u64) {
+    let suffix = format!(":{inode} ");
+    for _ in 0..500 {
+        let locks = std::fs::read_to_string("/proc/locks").unwrap();
+        if locks
+            .lines()
+            .any(|l| l.contains("->") && l.contains("FLOCK") && l.contains(&suffix))
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("no operation came to wait for the pool lock within 5 s");
+}
