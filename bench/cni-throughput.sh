@@ -3,6 +3,7 @@
 #
 # Usage: bench/cni-throughput.sh [--moat-bin PATH] [--pods N] [--ref-pods N]
 #                                [--rounds N] [--seconds S] [--streams N] [--json FILE]
+#                                [--congestion ALGO] [--profile DIR]
 #   moat is found via --moat-bin, $MOAT_BIN_DIR/moat, the static build of
 #   scripts/build-plugin.sh (as it ships), target/release/moat, then target/debug/moat.
 #   CNI_REF_DIR (default /usr/lib/cni) holds ptp and host-local.
@@ -25,7 +26,7 @@ REF_DIR=${CNI_REF_DIR:-/usr/lib/cni}
 # shellcheck source=bench/common.sh
 source "$HERE/common.sh"
 MOAT_BIN=""
-PODS=1000 REF_PODS="" ROUNDS=5 SECONDS_=5 STREAMS=1 JSON="" CONGESTION=cubic
+PODS=1000 REF_PODS="" ROUNDS=5 SECONDS_=5 STREAMS=1 JSON="" CONGESTION=cubic PROFILE=
 while (($#)); do
   case $1 in
     --moat-bin) MOAT_BIN=$2; shift 2 ;;
@@ -36,7 +37,8 @@ while (($#)); do
     --streams) STREAMS=$2; shift 2 ;;
     --congestion) CONGESTION=$2; shift 2 ;;
     --json) JSON=$(readlink -f "$2"); shift 2 ;;
-    -h|--help) sed -n '2,19p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    --profile) PROFILE=$(readlink -f "$2"); shift 2 ;;
+    -h|--help) sed -n '2,20p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) die "unknown argument $1" ;;
   esac
 done
@@ -94,6 +96,7 @@ args=(--tmp "$T" --run-dir "$RUN" --tag "$TAG" --moat "$MOAT_BIN" --moat-node "/
       --rounds "$ROUNDS" --seconds "$SECONDS_" --streams "$STREAMS" --congestion "$CONGESTION")
 [[ -n $REF_PODS ]] && args+=(--ref-pods "$REF_PODS")
 [[ -n $JSON ]] && args+=(--json "$JSON")
+[[ -n $PROFILE ]] && args+=(--profile "$PROFILE")
 
 root_table_before=0
 nft list table inet moat >/dev/null 2>&1 && root_table_before=1
