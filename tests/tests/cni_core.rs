@@ -33,7 +33,13 @@ fn add_check_del_in_every_version() {
         let pods = attach(&node, &["team-a", "team-a"]);
         connected(&pods[0], &pods[1], &node);
         let third = Pod::new("x");
-        let result = node.add(&third).ok().json();
+        let added = node.add(&third).ok();
+        assert!(
+            !added.stderr.contains("could not sync the link state"),
+            "the veth ends' link state is read (and so settled) before ADD returns: {}",
+            added.stderr
+        );
+        let result = added.json();
         assert_eq!(
             result["cniVersion"], version,
             "answers in the asked version"

@@ -118,6 +118,37 @@ impl NetlinkSocket {
             .map(drop)
     }
 
+    /// Whether `name`'s carrier is up, read as ethtool reads it (GLINK). The
+    /// read is the point: the kernel first runs the link's pending
+    /// link-watch event, which is what gives a veth its transmit queue after
+    /// both ends came up. Until that event runs (a kworker, soon, later on a
+    /// loaded node) the queue is the kernel's noop qdisc, which drops: a
+    /// pod's first packets after ADD returned could be lost.
+    pub fn sync_link_state(&self, name: &str) -> Result<bool, SocketError> {
+        let what = "link state";
+        let mut req = ifreq(name).ok_or_else(|| SocketError::Decode {
+            what,
+            detail: format!("interface name {name:?} too long"),
+        })?;
+        // struct ethtool_value of <linux/ethtool.h>, which libc lacks.
+        #[repr(C)]
+        struct EthtoolValue {
+            cmd: u32,
+            data: u32,
+        }
+        const ETHTOOL_GLINK: u32 = 0x0000_000a;
+        let mut value = EthtoolValue {
+            cmd: ETHTOOL_GLINK,
+            data: 0,
+        };
+        // The kernel reads and writes `value` through this pointer during the
+        // ioctl below, while `value` lives.
+        req.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+        self.ioctl(libc::SIOCETHTOOL, &mut req)
+            .map_err(|source| SocketError::Request { what, source })?;
+        Ok(value.data != 0)
+    }
+
     /// Delete a link by name; `Ok(false)` if it was already gone.
     pub fn delete_link(&mut self, name: &str) -> Result<bool, SocketError> {
         let mut msg = LinkMessage::default();

@@ -118,7 +118,8 @@ impl NetlinkSocket {
     /// A device ioctl on this socket, answered in the socket's netns.
     pub(super) fn ioctl(&self, request: libc::Ioctl, req: &mut libc::ifreq) -> std::io::Result<()> {
         use std::os::fd::AsRawFd;
-        // SAFETY: `req` is a valid ifreq for the SIOCGIF* requests we make.
+        // SAFETY: `req` is a valid ifreq for the SIOCGIF* requests we make;
+        // for SIOCETHTOOL its data pointer points at a live ethtool struct.
         match unsafe { libc::ioctl(self.socket.as_raw_fd(), request, req as *mut libc::ifreq) } {
             0 => Ok(()),
             _ => Err(std::io::Error::last_os_error()),

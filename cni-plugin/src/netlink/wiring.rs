@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use ipnetwork::IpNetwork;
 use netlink_packet_route::AddressFamily;
+use tracing::warn;
 
 use super::ops::{LinkInfoLite, VethRequest};
 use super::socket::{Flags, NetlinkSocket, SocketError};
@@ -209,6 +210,16 @@ impl Wiring for KernelWiring {
             self.host
                 .add_neighbour(host_index, *ip, pod_mac)
                 .map_err(step("add pod neighbour", host_if))?;
+        }
+        // Both ends are up: have the kernel give the host end (up first, so
+        // its carrier came with the pod end's) its transmit queue now rather
+        // than when its link-watch worker gets to it, which waits for the
+        // RTNL lock behind every netns being torn down on the node. Best
+        // effort: the worker does it anyway.
+        for (socket, ifname) in [(&self.host, host_if), (&pod, plan.ifname.as_str())] {
+            if let Err(error) = socket.sync_link_state(ifname) {
+                warn!(%ifname, %error, "could not sync the link state");
+            }
         }
         Ok(AttachOutcome {
             host_mac: format_mac(&HOST_MAC),
