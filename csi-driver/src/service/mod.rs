@@ -100,7 +100,16 @@ impl Ctx {
         F: FnOnce(&Driver) -> Result<T, DriverError>,
     {
         let _guard = self.inflight.begin(key)?;
-        tokio::task::block_in_place(|| f(&self.driver)).map_err(Status::from)
+        // A panic answers INTERNAL, as a failed pool thread did, instead of
+        // resetting the client's stream; the guard and any pool lock are
+        // released on the way out either way.
+        let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tokio::task::block_in_place(|| f(&self.driver))
+        }));
+        match ran {
+            Ok(out) => out.map_err(Status::from),
+            Err(_) => Err(Status::internal(format!("the operation on {key} panicked"))),
+        }
     }
 }
 
