@@ -43,7 +43,7 @@ while (($#)); do
   esac
 done
 
-need_root_and_tools ip python3 nft nsenter iperf3 ping iptables
+need_root_and_tools ip python3 nft nsenter iperf3 ping iptables ${PROFILE:+perf}
 find_moat
 
 T=$(mktemp -d /tmp/moattput.XXXXXX)

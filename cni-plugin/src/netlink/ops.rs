@@ -78,10 +78,7 @@ impl NetlinkSocket {
     /// (~0.1 ms an ADD, twice). `Ok(None)` if there is no such link.
     pub fn link_index_mac(&self, name: &str) -> Result<Option<(u32, [u8; 6])>, SocketError> {
         let what = "link lookup";
-        let mut req = ifreq(name).ok_or_else(|| SocketError::Decode {
-            what,
-            detail: format!("interface name {name:?} too long"),
-        })?;
+        let mut req = ifreq(what, name)?;
         match self.ioctl(libc::SIOCGIFINDEX, &mut req) {
             Err(e) if e.raw_os_error() == Some(ENODEV) => return Ok(None),
             r => r.map_err(|source| SocketError::Request { what, source })?,
@@ -126,10 +123,7 @@ impl NetlinkSocket {
     /// pod's first packets after ADD returned could be lost.
     pub fn sync_link_state(&self, name: &str) -> Result<bool, SocketError> {
         let what = "link state";
-        let mut req = ifreq(name).ok_or_else(|| SocketError::Decode {
-            what,
-            detail: format!("interface name {name:?} too long"),
-        })?;
+        let mut req = ifreq(what, name)?;
         // struct ethtool_value of <linux/ethtool.h>, which libc lacks.
         #[repr(C)]
         struct EthtoolValue {
@@ -275,16 +269,21 @@ impl NetlinkSocket {
 }
 
 /// An `ifreq` naming `name`, if it fits.
-fn ifreq(name: &str) -> Option<libc::ifreq> {
+/// An ifreq naming `name`, refused (for `what`) if the kernel could not hold
+/// the name.
+fn ifreq(what: &'static str, name: &str) -> Result<libc::ifreq, SocketError> {
     // SAFETY: all-zero is a valid ifreq.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     if name.len() >= req.ifr_name.len() || name.contains('\0') {
-        return None;
+        return Err(SocketError::Decode {
+            what,
+            detail: format!("interface name {name:?} too long or not a name"),
+        });
     }
     for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
         *dst = src as libc::c_char;
     }
-    Some(req)
+    Ok(req)
 }
 
 fn link_lite(m: Rt) -> Option<LinkInfoLite> {
@@ -355,10 +354,10 @@ mod tests {
 
     #[test]
     fn ifreq_takes_kernel_names_only() {
-        let r = ifreq("moat0123456789a").expect("15 bytes fit");
+        let r = ifreq("t", "moat0123456789a").expect("15 bytes fit");
         assert_eq!(r.ifr_name[14] as u8, b'a');
         assert_eq!(r.ifr_name[15], 0, "NUL-terminated");
-        assert!(ifreq("moat0123456789ab").is_none(), "16 bytes do not");
-        assert!(ifreq("a\0b").is_none());
+        assert!(ifreq("t", "moat0123456789ab").is_err(), "16 bytes do not");
+        assert!(ifreq("t", "a\0b").is_err());
     }
 }
