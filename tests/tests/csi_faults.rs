@@ -84,7 +84,18 @@ async fn a_crash_during_create_or_publish_then_restart_is_consistent() {
         .unwrap()
         .volume_id;
 
+    // Killed between the publication's record and its mount: the restart
+    // drops the record, or RWOP would refuse the next target below.
     c.nodes[0].stop(Signal::SIGTERM);
+    c.nodes[0].set_env("MOAT_CSI_CRASH_AT", Some("publish-before-mount"));
+    c.start(Some(0));
+    assert!(c
+        .attach(0, &id, cap.clone(), false, "shop", "early")
+        .await
+        .is_err());
+    assert!(!c.nodes[0].wait_exit().success());
+    assert!(!is_mounted(&c.path(0, "early")));
+
     c.nodes[0].set_env("MOAT_CSI_CRASH_AT", Some("publish-after-mount"));
     c.start(Some(0));
     assert!(c

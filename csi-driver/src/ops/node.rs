@@ -157,9 +157,15 @@ pub fn publish(d: &Driver, a: &PublishArgs) -> Result<bool> {
     // Held across the decision and the mount: two nodes racing for a
     // single-writer volume see each other's publication.
     let _lock = d.store.lock()?;
-    let pubs = d.store.publications(a.id)?;
-    let plan = access::node_publish(&pubs, &d.node_id, a.target, a.cap.mode, a.readonly)
-        .map_err(refusal)?;
+    let table = d.store.open_pub_table(a.id, true)?.expect("created");
+    let plan = access::node_publish(
+        &table.records(),
+        &d.node_id,
+        a.target,
+        a.cap.mode,
+        a.readonly,
+    )
+    .map_err(refusal)?;
     if plan.done && d.mounter.mounted(target)?.is_some() {
         return Ok(plan.readonly);
     }
@@ -174,7 +180,8 @@ pub fn publish(d: &Driver, a: &PublishArgs) -> Result<bool> {
         readonly: plan.readonly,
         state: PubState::Publishing,
     };
-    d.store.add_publication(&record)?;
+    table.put(&record)?;
+    d.crash_point("publish-before-mount");
     if v.kind == Kind::Block {
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent).map_err(io("create", parent))?;

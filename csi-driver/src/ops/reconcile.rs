@@ -45,7 +45,7 @@ pub fn node(d: &Driver) -> Result<()> {
         match (p.state, mounted) {
             (PubState::Publishing, true) => {
                 p.state = PubState::Published;
-                d.store.put_publication(&p)?;
+                d.store.add_publication(&p)?;
                 info!(volume_id = %p.volume_id, target_path = %p.target, "publication confirmed");
             }
             (_, false) => {

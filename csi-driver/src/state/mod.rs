@@ -4,10 +4,12 @@
 //! point leaves the old record or the new one. A flock serialises
 //! read-modify-write.
 //!
-//! Publication and stage records are renamed into place without fsync: they
-//! describe mounts, which do not outlive the machine. A killed process leaves
-//! them in the page cache, intact; after a power cut the node's start-up
-//! reconcile drops every record whose mount is gone, which is all of them.
+//! Node publications are slots in one table file per volume (see
+//! [`pubtable`]). Stage records and publications are written without
+//! fsync: they describe mounts, which do not outlive the machine. A killed
+//! process leaves them in the page cache, intact; after a power cut the
+//! node's start-up reconcile drops every record whose mount is gone, which
+//! is all of them.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -20,7 +22,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::volume::{NodePublication, Snapshot, Stage, Volume};
+use crate::volume::{Snapshot, Stage, Volume};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -122,15 +124,6 @@ impl Store {
         self.dir.join("snapshots").join(format!("{id}.json"))
     }
 
-    fn pub_dir(&self, volume_id: &str) -> PathBuf {
-        self.dir.join("pubs").join(volume_id)
-    }
-
-    fn pub_path(&self, volume_id: &str, node: &str, target: &str) -> PathBuf {
-        let key = hash(&format!("{node}\0{target}"));
-        self.pub_dir(volume_id).join(format!("{key}.json"))
-    }
-
     fn stage_path(&self, node: &str, volume_id: &str) -> PathBuf {
         self.dir
             .join("stages")
@@ -148,11 +141,7 @@ impl Store {
 
     pub fn remove_volume(&self, id: &str) -> Result<(), StateError> {
         remove(&self.volume_path(id), Sync::Durable)?;
-        let pubs = self.pub_dir(id);
-        match fs::remove_dir(&pubs) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&pubs)(e)),
-            _ => Ok(()),
-        }
+        self.remove_pub_table(id)
     }
 
     /// Every volume, ordered by id (the order ListVolumes pages through).
@@ -174,90 +163,6 @@ impl Store {
 
     pub fn snapshots(&self) -> Result<Vec<Snapshot>, StateError> {
         list(&self.dir.join("snapshots"))
-    }
-
-    /// Node publications of one volume, on every node. Torn records are
-    /// skipped: see [`Self::add_publication`].
-    pub fn publications(&self, volume_id: &str) -> Result<Vec<NodePublication>, StateError> {
-        Ok(list_lenient(&self.pub_dir(volume_id))?.0)
-    }
-
-    /// Replace a publication record (start-up reconcile confirming one).
-    pub fn put_publication(&self, p: &NodePublication) -> Result<(), StateError> {
-        let path = self.pub_path(&p.volume_id, &p.node_id, &p.target);
-        write(&path, p, Sync::UntilReboot)
-    }
-
-    /// Record a new publication, before its mount, in one create and one
-    /// write: no temp file and no rename (the rename was a third of the
-    /// driver's share of a publish on ext4). A process killed in between
-    /// leaves a torn record, which can only mean that no mount followed:
-    /// readers skip it and the node's start-up reconcile removes it. Callers
-    /// hold the lock, so no reader sees one being written.
-    pub fn add_publication(&self, p: &NodePublication) -> Result<(), StateError> {
-        let path = self.pub_path(&p.volume_id, &p.node_id, &p.target);
-        let bytes = serde_json::to_vec(p).expect("records serialise");
-        let create = || {
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-        };
-        let file = match create() {
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let dir = self.pub_dir(&p.volume_id);
-                match fs::create_dir(&dir) {
-                    Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-                        return Err(io_err(&dir)(e))
-                    }
-                    _ => create(),
-                }
-            }
-            other => other,
-        };
-        match file {
-            Ok(mut f) => f.write_all(&bytes).map_err(io_err(&path)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => self.put_publication(p),
-            Err(e) => Err(io_err(&path)(e)),
-        }
-    }
-
-    /// Remove publication records that do not parse (see
-    /// [`Self::add_publication`]); returns how many. The caller holds the lock.
-    pub fn remove_torn_publications(&self) -> Result<usize, StateError> {
-        let root = self.dir.join("pubs");
-        let mut removed = 0;
-        for entry in fs::read_dir(&root).map_err(io_err(&root))? {
-            let dir = entry.map_err(io_err(&root))?.path();
-            for torn in list_lenient::<NodePublication>(&dir)?.1 {
-                remove(&torn, Sync::UntilReboot)?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
-    }
-
-    /// Forget the publication of `volume_id` at `target` on `node`, if any.
-    pub fn remove_publication(
-        &self,
-        volume_id: &str,
-        node: &str,
-        target: &str,
-    ) -> Result<(), StateError> {
-        remove(&self.pub_path(volume_id, node, target), Sync::UntilReboot)
-    }
-
-    /// Every publication of one node, across volumes.
-    pub fn node_publications(&self, node: &str) -> Result<Vec<NodePublication>, StateError> {
-        let root = self.dir.join("pubs");
-        let mut out = Vec::new();
-        for entry in fs::read_dir(&root).map_err(io_err(&root))? {
-            let dir = entry.map_err(io_err(&root))?.path();
-            let pubs: Vec<NodePublication> = list_lenient(&dir)?.0;
-            out.extend(pubs.into_iter().filter(|p| p.node_id == node));
-        }
-        Ok(out)
     }
 
     pub fn stage(&self, node: &str, volume_id: &str) -> Result<Option<Stage>, StateError> {
@@ -304,19 +209,6 @@ fn read<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(io_err(path)(e)),
     }
-}
-
-/// The records in `dir` that parse, and the paths of those that do not.
-fn list_lenient<T: DeserializeOwned>(dir: &Path) -> Result<(Vec<T>, Vec<PathBuf>), StateError> {
-    let (mut good, mut torn) = (Vec::new(), Vec::new());
-    for p in record_paths(dir)? {
-        match read(&p) {
-            Ok(r) => good.extend(r),
-            Err(StateError::Parse { path, .. }) => torn.push(path),
-            Err(e) => return Err(e),
-        }
-    }
-    Ok((good, torn))
 }
 
 /// All records in `dir`, ordered by file name; temp files of a writer that
@@ -397,6 +289,8 @@ fn remove(path: &Path, sync: Sync) -> Result<(), StateError> {
         Err(e) => Err(io_err(path)(e)),
     }
 }
+
+mod pubtable;
 
 #[cfg(test)]
 mod tests;
