@@ -47,6 +47,22 @@ async fn restart_keeps_volumes_and_publications() {
     .await;
 }
 
+/// Start node 0 set to crash at `point`, publish `id` to `pod` there and
+/// see the driver die.
+async fn publish_killed_at(
+    c: &mut Cluster,
+    id: &str,
+    cap: &csi::VolumeCapability,
+    point: &str,
+    pod: &str,
+) {
+    c.nodes[0].set_env("MOAT_CSI_CRASH_AT", Some(point));
+    c.start(Some(0));
+    let published = c.attach(0, id, cap.clone(), false, "shop", pod).await;
+    assert!(published.is_err(), "{point}: the publish did not fail");
+    assert!(!c.nodes[0].wait_exit().success(), "{point}: no crash");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_crash_during_create_or_publish_then_restart_is_consistent() {
     let mut c = Cluster::new(&["n1"]);
@@ -87,22 +103,9 @@ async fn a_crash_during_create_or_publish_then_restart_is_consistent() {
     // Killed between the publication's record and its mount: the restart
     // drops the record, or RWOP would refuse the next target below.
     c.nodes[0].stop(Signal::SIGTERM);
-    c.nodes[0].set_env("MOAT_CSI_CRASH_AT", Some("publish-before-mount"));
-    c.start(Some(0));
-    assert!(c
-        .attach(0, &id, cap.clone(), false, "shop", "early")
-        .await
-        .is_err());
-    assert!(!c.nodes[0].wait_exit().success());
+    publish_killed_at(&mut c, &id, &cap, "publish-before-mount", "early").await;
     assert!(!is_mounted(&c.path(0, "early")));
-
-    c.nodes[0].set_env("MOAT_CSI_CRASH_AT", Some("publish-after-mount"));
-    c.start(Some(0));
-    assert!(c
-        .attach(0, &id, cap.clone(), false, "shop", "pod")
-        .await
-        .is_err());
-    assert!(!c.nodes[0].wait_exit().success());
+    publish_killed_at(&mut c, &id, &cap, "publish-after-mount", "pod").await;
     c.nodes[0].set_env("MOAT_CSI_CRASH_AT", None);
     c.start(Some(0));
     let target = c.path(0, "pod");
