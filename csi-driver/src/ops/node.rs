@@ -157,7 +157,7 @@ pub fn publish(d: &Driver, a: &PublishArgs) -> Result<bool> {
     // Held across the decision and the mount: two nodes racing for a
     // single-writer volume see each other's publication.
     let _lock = d.store.lock()?;
-    let table = d.store.open_pub_table(a.id, true)?.expect("created");
+    let table = d.store.pub_table(a.id)?;
     let plan = access::node_publish(
         &table.records(),
         &d.node_id,

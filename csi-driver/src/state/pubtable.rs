@@ -16,7 +16,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::{io_err, StateError, Store};
 use crate::volume::NodePublication;
@@ -167,18 +167,19 @@ impl PubTable {
 }
 
 impl Store {
-    fn pub_table(&self, volume_id: &str) -> PathBuf {
+    fn pub_table_path(&self, volume_id: &str) -> PathBuf {
         self.dir.join("pubs").join(format!("{volume_id}.tab"))
     }
 
-    /// The table of `volume_id` opened for a read-modify-write (the caller
-    /// holds the lock); None if it does not exist and `create` is false.
-    pub fn open_pub_table(
-        &self,
-        volume_id: &str,
-        create: bool,
-    ) -> Result<Option<PubTable>, StateError> {
-        let path = self.pub_table(volume_id);
+    /// The table of `volume_id`, made if need be, open for one
+    /// read-modify-write. The caller holds the lock.
+    pub fn pub_table(&self, volume_id: &str) -> Result<PubTable, StateError> {
+        Ok(self.open_table(volume_id, true)?.expect("made if missing"))
+    }
+
+    /// None if the table does not exist and `create` is false.
+    fn open_table(&self, volume_id: &str, create: bool) -> Result<Option<PubTable>, StateError> {
+        let path = self.pub_table_path(volume_id);
         let file = match OpenOptions::new()
             .read(true)
             .write(true)
@@ -202,7 +203,7 @@ impl Store {
 
     /// Node publications of one volume, on every node; torn records skipped.
     pub fn publications(&self, volume_id: &str) -> Result<Vec<NodePublication>, StateError> {
-        let path = self.pub_table(volume_id);
+        let path = self.pub_table_path(volume_id);
         let bytes = match File::open(&path).and_then(|f| read_all(&f)) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -213,9 +214,7 @@ impl Store {
 
     /// [`PubTable::put`] in the table of the publication's volume.
     pub fn add_publication(&self, p: &NodePublication) -> Result<(), StateError> {
-        self.open_pub_table(&p.volume_id, true)?
-            .expect("created")
-            .put(p)
+        self.pub_table(&p.volume_id)?.put(p)
     }
 
     /// Forget the publication of `volume_id` at `target` on `node`, if
@@ -226,20 +225,20 @@ impl Store {
         node: &str,
         target: &str,
     ) -> Result<(), StateError> {
-        match self.open_pub_table(volume_id, false)? {
+        match self.open_table(volume_id, false)? {
             Some(mut t) => t.remove(node, target),
             None => Ok(()),
         }
     }
 
-    /// Every volume's table: its volume id and path.
-    fn tables(&self) -> Result<Vec<(String, PathBuf)>, StateError> {
+    /// The volumes that have a table.
+    fn table_ids(&self) -> Result<Vec<String>, StateError> {
         let root = self.dir.join("pubs");
         let mut out = Vec::new();
         for entry in fs::read_dir(&root).map_err(io_err(&root))? {
-            let path = entry.map_err(io_err(&root))?.path();
-            if let Some(id) = table_volume(&path) {
-                out.push((id, path));
+            let name = entry.map_err(io_err(&root))?.file_name();
+            if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".tab")) {
+                out.push(id.to_owned());
             }
         }
         Ok(out)
@@ -249,8 +248,8 @@ impl Store {
     /// how many. The caller holds the lock.
     pub fn remove_torn_publications(&self) -> Result<usize, StateError> {
         let mut freed = 0;
-        for (id, _) in self.tables()? {
-            if let Some(mut t) = self.open_pub_table(&id, false)? {
+        for id in self.table_ids()? {
+            if let Some(mut t) = self.open_table(&id, false)? {
                 freed += t.free_where(|e| e.record.is_none())?;
             }
         }
@@ -260,7 +259,7 @@ impl Store {
     /// Every publication of one node, across volumes.
     pub fn node_publications(&self, node: &str) -> Result<Vec<NodePublication>, StateError> {
         let mut out = Vec::new();
-        for (id, _) in self.tables()? {
+        for id in self.table_ids()? {
             out.extend(
                 self.publications(&id)?
                     .into_iter()
@@ -271,17 +270,12 @@ impl Store {
     }
 
     pub(super) fn remove_pub_table(&self, volume_id: &str) -> Result<(), StateError> {
-        let path = self.pub_table(volume_id);
+        let path = self.pub_table_path(volume_id);
         match fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err(&path)(e)),
             _ => Ok(()),
         }
     }
-}
-
-fn table_volume(path: &Path) -> Option<String> {
-    let name = path.file_name()?.to_str()?;
-    name.strip_suffix(".tab").map(str::to_owned)
 }
 
 #[cfg(test)]

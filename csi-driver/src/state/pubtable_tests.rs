@@ -1,6 +1,7 @@
 use super::*;
 use crate::state::tests::{publication, store};
 use crate::volume::PubState;
+use std::path::Path;
 
 fn table_bytes(dir: &Path) -> Vec<u8> {
     fs::read(dir.join("pubs").join("vol-1.tab")).unwrap()
