@@ -115,13 +115,13 @@ impl NetlinkSocket {
             .map(drop)
     }
 
-    /// Whether `name`'s carrier is up, read as ethtool reads it (GLINK). The
-    /// read is the point: the kernel first runs the link's pending
+    /// Read `name`'s link state as ethtool does (GLINK); the value is not
+    /// used, the read is the point: the kernel first runs the link's pending
     /// link-watch event, which is what gives a veth its transmit queue after
     /// both ends came up. Until that event runs (a kworker, soon, later on a
     /// loaded node) the queue is the kernel's noop qdisc, which drops: a
     /// pod's first packets after ADD returned could be lost.
-    pub fn sync_link_state(&self, name: &str) -> Result<bool, SocketError> {
+    pub fn sync_link_state(&self, name: &str) -> Result<(), SocketError> {
         let what = "link state";
         let mut req = ifreq(what, name)?;
         // struct ethtool_value of <linux/ethtool.h>, which libc lacks.
@@ -139,8 +139,7 @@ impl NetlinkSocket {
         // ioctl below, while `value` lives.
         req.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
         self.ioctl(libc::SIOCETHTOOL, &mut req)
-            .map_err(|source| SocketError::Request { what, source })?;
-        Ok(value.data != 0)
+            .map_err(|source| SocketError::Request { what, source })
     }
 
     /// Delete a link by name; `Ok(false)` if it was already gone.
@@ -268,7 +267,6 @@ impl NetlinkSocket {
     }
 }
 
-/// An `ifreq` naming `name`, if it fits.
 /// An ifreq naming `name`, refused (for `what`) if the kernel could not hold
 /// the name.
 fn ifreq(what: &'static str, name: &str) -> Result<libc::ifreq, SocketError> {
