@@ -125,20 +125,19 @@ impl Node {
         self.nft_table().expect("table")["nftables"][1]["table"]["handle"].clone()
     }
 
-    /// The fast path's epoch: the one element of the `epoch` map, as listed.
+    /// The fast path's epoch: the one rule of the `epoch` chain, as listed.
     pub fn epoch(&self) -> String {
         let listing = self.nft_table().expect("table");
-        let map = listing["nftables"]
+        let rules: Vec<Value> = listing["nftables"]
             .as_array()
             .unwrap()
             .iter()
-            .filter_map(|o| o.get("map"))
-            .find(|m| m["name"] == "epoch")
-            .expect("epoch map")
-            .clone();
-        let elems = map["elem"].as_array().expect("an element");
-        assert_eq!(elems.len(), 1, "one epoch: {map}");
-        elems[0].to_string()
+            .filter_map(|o| o.get("rule"))
+            .filter(|r| r["chain"] == "epoch")
+            .map(|r| r["expr"].clone())
+            .collect();
+        assert_eq!(rules.len(), 1, "one epoch: {rules:?}");
+        rules[0].to_string()
     }
 
     pub fn node_ip(v6: bool) -> IpAddr {

@@ -99,7 +99,34 @@ fn an_open_connection_to_a_deleted_pod_does_not_reach_the_next_owner_of_its_addr
         echo_on(&mut tcp),
         "a connection the rules still allow survives the new epoch"
     );
+    // The epoch rule the DEL wrote in-process reads back as a rebuild's
+    // (written by nft itself) but for the epoch, which a rebuild moves too.
+    let in_process = epoch_rule(&node);
+    node.cli(&["reconcile"]).ok();
+    let rebuilt = epoch_rule(&node);
+    assert_ne!(in_process.1, rebuilt.1);
+    assert_eq!(in_process.0, rebuilt.0);
     node.del(&c).ok();
+}
+
+/// The epoch rule without its epoch, and the epoch, checked against what
+/// the marking rule sets.
+fn epoch_rule(node: &Node) -> (Value, u64) {
+    let mut rule: Value = serde_json::from_str(&node.epoch()).unwrap();
+    // nft lists a mask of leading bits as a prefix: `ct mark 0x3000/20`.
+    let right = &mut rule[0]["match"]["right"];
+    let epoch = match right.get_mut("prefix") {
+        Some(prefix) => prefix["addr"].take(),
+        None => right.take(),
+    };
+    let epoch = epoch.as_u64().expect("a number");
+    let listing = node.nft_table().expect("table").to_string();
+    assert!(
+        listing.contains(&format!(r#""|":[{{"&":[{{"ct":{{"key":"mark"}}}},"#))
+            && listing.contains(&format!("]}},{epoch}]}}")),
+        "the marking rule sets epoch {epoch}: {listing}"
+    );
+    (rule, epoch)
 }
 
 #[test]

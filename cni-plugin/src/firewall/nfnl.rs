@@ -7,7 +7,7 @@
 //! netlink are GPL (rustables) or bind the GPL libnftnl, which this
 //! Apache-2.0 project cannot link; so the few message kinds needed here
 //! (batch begin/end, NEWSETELEM, DELSETELEM, NEWCHAIN, NEWSET, NEWRULE for a
-//! tenant chain, and a map and a chain flushed and refilled for the epoch)
+//! tenant chain, and two chains flushed and refilled for the epoch)
 //! are encoded below on netlink-sys; so are peers syncs and policy changes,
 //! which are made of the same. A rebuild of the whole table still goes
 //! through `nft`.
@@ -121,7 +121,7 @@ fn key(e: &Elem) -> Vec<u8> {
         Elem::Ifname(n) => ifname_bytes(n),
         Elem::IfAddr(n, a) => [ifname_bytes(n), addr_bytes(a)].concat(),
         // `meta iifgroup` loads the device's group in host order.
-        Elem::GroupMap(k, _) | Elem::MarkMap(k, _) => k.to_ne_bytes().to_vec(),
+        Elem::GroupMap(k, _) => k.to_ne_bytes().to_vec(),
     }
 }
 
@@ -144,7 +144,7 @@ fn put_verdict(data: &mut Attrs, verdict: &Verdict) {
 fn element(list: &mut Attrs, e: &Elem) {
     list.nested(NFTA_LIST_ELEM, |el| {
         el.nested(NFTA_SET_ELEM_KEY, |k| k.put(NFTA_DATA_VALUE, &key(e)));
-        if let Elem::AddrMap(_, verdict) | Elem::GroupMap(_, verdict) | Elem::MarkMap(_, verdict) =
+        if let Elem::AddrMap(_, verdict) | Elem::GroupMap(_, verdict) =
             e
         {
             el.nested(NFTA_SET_ELEM_DATA, |d| put_verdict(d, verdict))
@@ -434,21 +434,25 @@ mod tests {
         assert!(!batch.structural, "encodable in-process");
         let msgs = messages("moat", &batch);
         let kinds: Vec<u16> = msgs.iter().map(|m| m.ty).collect();
-        // chain, (set, rule) x 2; the epoch map flushed and its element
+        // chain, (set, rule) x 2; the epoch chain flushed and its rule
         // added, the marking chain flushed and its rule added; elements.
-        assert_eq!(kinds, [3, 9, 6, 9, 6, 14, 12, 8, 6, NFT_MSG_DELSETELEM]);
+        assert_eq!(kinds, [3, 9, 6, 9, 6, 8, 6, 8, 6, NFT_MSG_DELSETELEM]);
         // The member rule goes to the verified chain.
         let goto = NFT_GOTO.to_be_bytes();
         assert!(msgs[2].attrs.windows(4).any(|w| w == goto));
         assert!(msgs[2].attrs.windows(9).any(|w| w == b"verified\0"));
-        // A flush names its map and nothing else.
+        // A flush names its chain and nothing else.
         assert!(msgs[5].attrs.windows(6).any(|w| w == b"epoch\0"));
         assert_eq!(msgs[5].attrs.len(), 12 + 12);
-        // The epoch in host order, as the mark register holds it.
-        assert!(msgs[6]
-            .attrs
-            .windows(4)
-            .any(|w| w == 0x3000u32.to_ne_bytes()));
+        // The mask and the epoch in host order, as the mark register holds them.
+        let check = &msgs[6].attrs;
+        for want in [0xffff_f000u32, 0x3000] {
+            assert!(
+                check.windows(4).any(|w| w == want.to_ne_bytes()),
+                "{want:#x}"
+            );
+        }
+        assert!(check.windows(4).any(|w| w == b"cmp\0"));
         let verified = &msgs[8].attrs;
         for want in [0x0000_0fffu32, 0x3000] {
             assert!(

@@ -113,8 +113,6 @@ pub enum Elem {
     AddrMap(std::net::IpAddr, Verdict),
     /// `devgroup : verdict`: a project's interface group to its tenant.
     GroupMap(u32, Verdict),
-    /// `mark : verdict`: the fast path's epoch (see `policy::epoch`).
-    MarkMap(u32, Verdict),
 }
 
 /// What a verdict-map element sends a packet to.
@@ -142,7 +140,7 @@ impl Elem {
             Elem::Ifname(n) => json!(n),
             Elem::IfAddr(n, a) => concat(vec![json!(n), json!(a.to_string())]),
             Elem::AddrMap(a, v) => json!([a.to_string(), v.to_json()]),
-            Elem::GroupMap(k, v) | Elem::MarkMap(k, v) => json!([k, v.to_json()]),
+            Elem::GroupMap(k, v) => json!([k, v.to_json()]),
         }
     }
 }

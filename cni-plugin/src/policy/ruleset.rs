@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use serde_json::{json, Value};
 
-use super::epoch::{mark, masked_mark, EPOCH_MAP, VERIFIED_CHAIN};
+use super::epoch::{mark, EPOCH_CHAIN, VERIFIED_CHAIN};
 use super::model::{Policy, Project, Role};
 use super::nftjson::{
     concat, counter, ct, in_set, jump, matches, meta, not_in_set, verdict, Batch, Elem, Fam,
@@ -325,12 +325,11 @@ fn base_chains(b: &mut Batch, spec: &TableSpec) {
     if spec.flow_mark_mask != 0 {
         // First, in one rule: a pod's packet with its own source on a
         // connection the rules accepted in this epoch.
-        b.add_verdict_map(EPOCH_MAP, "mark", vec![]);
+        b.add_chain(EPOCH_CHAIN, None);
         b.add_chain(VERIFIED_CHAIN, None);
         for f in FAMS {
             let mut rule = own_source(f);
-            let epoch = format!("@{EPOCH_MAP}");
-            rule.push(json!({"vmap": {"key": masked_mark(spec.flow_mark_mask), "data": epoch}}));
+            rule.push(jump(EPOCH_CHAIN));
             b.add_rule("forward", rule);
         }
     }

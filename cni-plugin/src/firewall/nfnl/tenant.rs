@@ -33,7 +33,7 @@ const NFTA_EXPR_DATA: u16 = 2;
 const NFT_REG_VERDICT: u32 = 0;
 pub(super) const NFT_REG_1: u32 = 1;
 const NFT_META_NFPROTO: u32 = 15;
-const NFT_CMP_EQ: u32 = 0;
+pub(super) const NFT_CMP_EQ: u32 = 0;
 const NFT_PAYLOAD_NETWORK_HEADER: u32 = 1;
 /// nft's datatype numbers, which `nft list` reads back as the set's type.
 const TYPE_IPADDR: u32 = 7;
