@@ -122,11 +122,85 @@ fn epoch_rule(node: &Node) -> (Value, u64) {
     let epoch = epoch.as_u64().expect("a number");
     let listing = node.nft_table().expect("table").to_string();
     assert!(
-        listing.contains(&format!(r#""|":[{{"&":[{{"ct":{{"key":"mark"}}}},"#))
+        listing.contains(r#""|":[{"&":[{"ct":{"key":"mark"}},"#)
             && listing.contains(&format!("]}},{epoch}]}}")),
         "the marking rule sets epoch {epoch}: {listing}"
     );
     (rule, epoch)
+}
+
+/// The own-source elements of the fast rule, as nft lists them (an index
+/// as its link's name while the link exists).
+fn fast_sources(node: &Node) -> Vec<String> {
+    let listing = node.nft_table().expect("table");
+    listing["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o.get("set"))
+        .filter(|s| s["name"] == "podfast4")
+        .flat_map(|s| s["elem"].as_array().cloned().unwrap_or_default())
+        .map(|e| e["concat"].to_string())
+        .collect()
+}
+
+/// Packets of verified connections through the fast rule: a counter put in
+/// front of the epoch chain's compare, which only that rule jumps to.
+fn count_fast(node: &Node) -> u64 {
+    let out = run_ok(
+        node.ns
+            .exec("nft")
+            .args(["-j", "list", "chain", "inet", "moat", "epoch"]),
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.pointer("/nftables/2/rule/expr/0/counter/packets")
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_fast_rule_knows_a_pod_by_its_veths_index() {
+    let node = Node::new(tight_conf());
+    let pods = attach(&node, &["a", "a"]);
+    let (a, b) = (&pods[0], &pods[1]);
+    let veth = |p: &Pod| {
+        p.result["interfaces"][0]["name"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let wanted = |pods: &[&Pod]| -> Vec<String> {
+        let mut v: Vec<String> = pods
+            .iter()
+            .map(|p| json!([veth(p), p.ip(false).to_string()]).to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let mut listed = fast_sources(&node);
+    listed.sort();
+    assert_eq!(listed, wanted(&[a, b]), "keyed by each pod's host veth");
+    node.cli(&["reconcile"]).ok();
+    listed = fast_sources(&node);
+    listed.sort();
+    assert_eq!(listed, wanted(&[a, b]), "a rebuild keeps them");
+
+    serve(&b.ns);
+    let mut tcp = tcp_connect(&a.ns, b.ip(false)).expect("a → b");
+    assert!(echo_on(&mut tcp));
+    run_ok(
+        node.ns
+            .exec("nft")
+            .args(["insert", "rule", "inet", "moat", "epoch", "counter"]),
+    );
+    for _ in 0..5 {
+        assert!(echo_on(&mut tcp));
+    }
+    assert!(count_fast(&node) >= 10, "both ways through the fast rule");
+
+    node.del(b).ok();
+    assert_eq!(fast_sources(&node), wanted(&[a]), "DEL takes them out");
+    node.del(a).ok();
 }
 
 #[test]

@@ -3,7 +3,7 @@
 use serde_json::Value;
 use tracing::{info, warn};
 
-use super::isolation::{pod_changed, project_group};
+use super::isolation::{pod_changed, pod_wired, project_group};
 use super::naming::{host_ifname, link_alias};
 use super::Ctx;
 use crate::firewall::Firewall;
@@ -32,7 +32,7 @@ pub(super) fn add<S: IpStore, W: Wiring, F: Firewall>(
             return Err(e);
         }
     };
-    if let Err(e) = finish(ctx, &record) {
+    if let Err(e) = finish(ctx, &record, outcome.host_index) {
         rollback(ctx, &record);
         return Err(e);
     }
@@ -92,6 +92,7 @@ fn reserve<S: IpStore, W: Wiring, F: Firewall>(
     let record = Attachment {
         host_ifname: host_ifname(&key),
         group,
+        host_ifindex: None,
         key,
         netns: ctx.inv.netns.as_ref().map(|p| p.display().to_string()),
         ips,
@@ -141,14 +142,31 @@ fn wire<S: IpStore, W: Wiring, F: Firewall>(
         .map_err(|e| CniError::from_error(Code::Kernel, &e))
 }
 
+/// Under the lock: the fast path's elements (keyed by the veth's index, so
+/// only now), then the record marked complete with the index DEL removes
+/// them by. Without them the pod's packets take the full path: a failure
+/// here costs speed, not the pod.
 fn finish<S: IpStore, W: Wiring, F: Firewall>(
     ctx: &mut Ctx<S, W, F>,
     record: &Attachment,
+    host_index: u32,
 ) -> Result<(), CniError> {
     let _lock = StateLock::acquire(&ctx.conf.state_dir())
         .map_err(|e| CniError::from_error(Code::Io, &e))?;
+    let wired = Attachment {
+        host_ifindex: Some(host_index),
+        ..record.clone()
+    };
+    let host_ifindex = match pod_wired(ctx.conf, ctx.firewall, &wired) {
+        Ok(added) => added.then_some(host_index),
+        Err(e) => {
+            warn!(ifname = %record.host_ifname, error = %e, "fast path not set up for the pod");
+            None
+        }
+    };
     let done = Attachment {
         complete: true,
+        host_ifindex,
         ..record.clone()
     };
     ctx.store

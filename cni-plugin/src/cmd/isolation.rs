@@ -13,7 +13,7 @@ use crate::policy::diff::{peers_change, policy_change};
 use crate::policy::epoch::{mark, EpochMark};
 use crate::policy::file::{load, save};
 use crate::policy::peers::{self, Peer};
-use crate::policy::ruleset::{full, pod_change, tenants_with_chains, Groups, Known};
+use crate::policy::ruleset::{fast_elements, full, pod_change, tenants_with_chains, Groups, Known};
 use crate::policy::{PodEntry, Policy, Project, Role, TableSpec};
 use crate::spec::{CniError, Code, NetConf};
 
@@ -83,6 +83,7 @@ fn entry(record: &Attachment) -> Option<PodEntry> {
         ips: record.ips.clone(),
         project,
         group: record.group,
+        ifindex: record.host_ifindex,
     })
 }
 
@@ -278,6 +279,27 @@ pub fn pod_changed<S: IpStore, F: Firewall>(
         }
     }
     Ok(())
+}
+
+/// The fast path's elements of a pod whose veth exists (see
+/// [`fast_elements`]); whether there were any to add.
+pub fn pod_wired<F: Firewall>(
+    conf: &NetConf,
+    fw: &mut F,
+    record: &Attachment,
+) -> Result<bool, CniError> {
+    if !conf.isolation.enabled {
+        return Ok(false);
+    }
+    let Some(pod) = entry(record) else {
+        return Ok(false);
+    };
+    let batch = fast_elements(&spec(conf), &pod);
+    if batch.elements.is_empty() {
+        return Ok(false);
+    }
+    fw.apply("pod wired", &batch).map_err(fw_err)?;
+    Ok(true)
 }
 
 /// A change made in place: `persist` writes the new state (peers, policy),

@@ -133,6 +133,30 @@ fn add_programs_the_pod_before_wiring_it() {
 }
 
 #[test]
+fn add_keys_the_fast_path_by_the_wired_veth_and_del_removes_it() {
+    let conf = conf(json!({}));
+    let mut w = World::default();
+    w.run(&conf, &inv("ADD", "c1")).unwrap();
+    let kinds: Vec<_> = w.fw.applied.iter().map(|(what, _)| *what).collect();
+    assert_eq!(
+        kinds,
+        ["rebuild", "pod wired"],
+        "the first ADD builds the table"
+    );
+    let wired = w.fw.applied[1].1.to_string();
+    assert!(wired.contains(r#"{"concat":[101,"10.0.0.2"]}"#), "{wired}");
+    let record = w.store.records.values().next().unwrap();
+    assert_eq!((record.host_ifindex, record.complete), (Some(101), true));
+    w.run(&conf, &inv("DEL", "c1")).unwrap();
+    let (what, del) = w.fw.applied.last().unwrap();
+    assert_eq!(*what, "pod delete");
+    assert!(
+        del.to_string().contains(r#"{"concat":[101,"10.0.0.2"]}"#),
+        "{del}"
+    );
+}
+
+#[test]
 fn isolation_can_be_disabled() {
     let conf = conf(json!({"isolation": {"enabled": false}}));
     let mut w = World::default();

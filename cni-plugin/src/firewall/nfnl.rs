@@ -120,6 +120,8 @@ fn key(e: &Elem) -> Vec<u8> {
         Elem::Addr(a) | Elem::AddrMap(a, _) => addr_bytes(a),
         Elem::Ifname(n) => ifname_bytes(n),
         Elem::IfAddr(n, a) => [ifname_bytes(n), addr_bytes(a)].concat(),
+        // `meta iif` loads the index in host order.
+        Elem::IdxAddr(i, a) => [i.to_ne_bytes().to_vec(), addr_bytes(a)].concat(),
         // `meta iifgroup` loads the device's group in host order.
         Elem::GroupMap(k, _) => k.to_ne_bytes().to_vec(),
     }
@@ -144,9 +146,7 @@ fn put_verdict(data: &mut Attrs, verdict: &Verdict) {
 fn element(list: &mut Attrs, e: &Elem) {
     list.nested(NFTA_LIST_ELEM, |el| {
         el.nested(NFTA_SET_ELEM_KEY, |k| k.put(NFTA_DATA_VALUE, &key(e)));
-        if let Elem::AddrMap(_, verdict) | Elem::GroupMap(_, verdict) =
-            e
-        {
+        if let Elem::AddrMap(_, verdict) | Elem::GroupMap(_, verdict) = e {
             el.nested(NFTA_SET_ELEM_DATA, |d| put_verdict(d, verdict))
         }
     });
@@ -360,6 +360,10 @@ mod tests {
         assert_eq!(&k[16..], &[10, 1, 2, 3]);
         let v6: IpAddr = "fd00::1".parse().unwrap();
         assert_eq!(key(&Elem::IfAddr("x".into(), v6)).len(), 32);
+        let k = key(&Elem::IdxAddr(0x0102_0304, ip));
+        assert_eq!(k[..4], 0x0102_0304u32.to_ne_bytes());
+        assert_eq!(k[4..], [10, 1, 2, 3]);
+        assert_eq!(key(&Elem::IdxAddr(7, v6)).len(), 20);
         let mut batch = Batch::new("moat");
         batch.element(
             true,

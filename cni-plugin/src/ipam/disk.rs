@@ -258,6 +258,7 @@ mod tests {
             project: "p".into(),
             pod_name: None,
             group: 0,
+            host_ifindex: None,
             complete: true,
         }
     }

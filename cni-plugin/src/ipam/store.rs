@@ -42,6 +42,10 @@ pub struct Attachment {
     /// `cmd::isolation::project_group`); 0: none.
     #[serde(default)]
     pub group: u32,
+    /// Index of the host veth, once its fast-path elements are in the table
+    /// (see `policy::ruleset::fast_elements`); DEL removes them by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_ifindex: Option<u32>,
     /// False until ADD finished; a false record found later is a crashed ADD.
     pub complete: bool,
 }

@@ -28,6 +28,7 @@ impl Wiring for FakeWiring {
             });
         }
         Ok(AttachOutcome {
+            host_index: 100 + self.links.len() as u32,
             host_mac: "ee:ee:ee:ee:ee:ee".into(),
             pod_mac: "02:00:00:00:00:01".into(),
         })

@@ -48,6 +48,7 @@ pub struct AttachPlan {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttachOutcome {
+    pub host_index: u32,
     pub host_mac: String,
     pub pod_mac: String,
 }
@@ -222,6 +223,7 @@ impl Wiring for KernelWiring {
             }
         }
         Ok(AttachOutcome {
+            host_index,
             host_mac: format_mac(&HOST_MAC),
             pod_mac: format_mac(&pod_mac),
         })

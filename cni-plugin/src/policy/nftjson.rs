@@ -109,6 +109,8 @@ pub enum Elem {
     Ifname(String),
     /// `ifname . addr`
     IfAddr(String, std::net::IpAddr),
+    /// `iface_index . addr`
+    IdxAddr(u32, std::net::IpAddr),
     /// `addr : verdict` in a verdict map.
     AddrMap(std::net::IpAddr, Verdict),
     /// `devgroup : verdict`: a project's interface group to its tenant.
@@ -139,6 +141,7 @@ impl Elem {
             Elem::Addr(a) => json!(a.to_string()),
             Elem::Ifname(n) => json!(n),
             Elem::IfAddr(n, a) => concat(vec![json!(n), json!(a.to_string())]),
+            Elem::IdxAddr(i, a) => concat(vec![json!(i), json!(a.to_string())]),
             Elem::AddrMap(a, v) => json!([a.to_string(), v.to_json()]),
             Elem::GroupMap(k, v) => json!([k, v.to_json()]),
         }

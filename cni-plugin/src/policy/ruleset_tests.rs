@@ -40,6 +40,7 @@ pub(super) fn pod(i: u32, project: &str) -> PodEntry {
         ],
         project: p(project),
         group: 0,
+        ifindex: Some(100 + i),
     }
 }
 

@@ -22,8 +22,7 @@
 
 use super::tenant::{be, expr, immediate};
 use super::tenant::{
-    NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_TABLE, NFT_CMP_EQ, NFT_MSG_NEWRULE,
-    NFT_REG_1,
+    NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_TABLE, NFT_CMP_EQ, NFT_MSG_NEWRULE, NFT_REG_1,
 };
 use super::{Attrs, Msg, NFTA_DATA_VALUE, NLM_F_APPEND, NLM_F_CREATE};
 use crate::policy::epoch::{EpochMark, EPOCH_CHAIN, VERIFIED_CHAIN};
