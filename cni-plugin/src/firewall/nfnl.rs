@@ -449,21 +449,16 @@ mod tests {
         assert!(msgs[5].attrs.windows(6).any(|w| w == b"epoch\0"));
         assert_eq!(msgs[5].attrs.len(), 12 + 12);
         // The mask and the epoch in host order, as the mark register holds them.
-        let check = &msgs[6].attrs;
-        for want in [0xffff_f000u32, 0x3000] {
-            assert!(
-                check.windows(4).any(|w| w == want.to_ne_bytes()),
-                "{want:#x}"
-            );
-        }
+        let holds = |attrs: &[u8], words: [u32; 2]| {
+            for want in words {
+                let found = attrs.windows(4).any(|w| w == want.to_ne_bytes());
+                assert!(found, "{want:#x}");
+            }
+        };
+        let (check, verified) = (&msgs[6].attrs, &msgs[8].attrs);
+        holds(check, [0xffff_f000, 0x3000]);
         assert!(check.windows(4).any(|w| w == b"cmp\0"));
-        let verified = &msgs[8].attrs;
-        for want in [0x0000_0fffu32, 0x3000] {
-            assert!(
-                verified.windows(4).any(|w| w == want.to_ne_bytes()),
-                "{want:#x}"
-            );
-        }
+        holds(verified, [0x0000_0fff, 0x3000]);
         assert!(verified.windows(3).any(|w| w == b"ct\0"));
     }
 }
