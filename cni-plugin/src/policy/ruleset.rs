@@ -224,12 +224,10 @@ fn declare_family_sets(b: &mut Batch, spec: &TableSpec, f: Fam) {
 }
 
 fn pod_elements(b: &mut Batch, policy: &Policy, pod: &PodEntry, add: bool) {
+    fast_pod_elements(b, pod, add);
     b.element(add, "podif", vec![Elem::Ifname(pod.host_ifname.clone())]);
     for ip in &pod.ips {
         let f = Fam::of(ip);
-        if let (true, Some(index)) = (b.fast_path, pod.ifindex) {
-            b.element(add, &f.name("podfast"), vec![Elem::IdxAddr(index, *ip)]);
-        }
         b.element(add, &f.name("pods"), vec![Elem::Addr(*ip)]);
         b.element(
             add,
@@ -277,10 +275,14 @@ fn nfproto(f: Fam) -> Value {
 /// carry a group (a project's number), most other links none: they skip the
 /// lookup at a compare.
 fn own_source(f: Fam) -> Vec<Value> {
+    source_in(f, "iifname", "podsrc")
+}
+
+fn source_in(f: Fam, iface: &str, set: &str) -> Vec<Value> {
     vec![
         nfproto(f),
         matches(meta("iifgroup"), "!=", json!(0)),
-        in_set(concat(vec![meta("iifname"), f.saddr()]), &f.name("podsrc")),
+        in_set(concat(vec![meta(iface), f.saddr()]), &f.name(set)),
     ]
 }
 
@@ -293,23 +295,23 @@ fn own_source(f: Fam) -> Vec<Value> {
 /// Kernels allocate link indexes cyclically, so one left behind by a veth
 /// that vanished before its DEL is not handed to another link.
 fn fast_source(f: Fam) -> Vec<Value> {
-    vec![
-        nfproto(f),
-        matches(meta("iifgroup"), "!=", json!(0)),
-        in_set(concat(vec![meta("iif"), f.saddr()]), &f.name("podfast")),
-    ]
+    source_in(f, "iif", "podfast")
 }
 
 /// The fast path's elements of a pod whose veth now exists.
 pub fn fast_elements(spec: &TableSpec, pod: &PodEntry) -> Batch {
     let mut b = spec.batch();
+    fast_pod_elements(&mut b, pod, true);
+    b
+}
+
+fn fast_pod_elements(b: &mut Batch, pod: &PodEntry, add: bool) {
     if let (true, Some(index)) = (b.fast_path, pod.ifindex) {
         for ip in &pod.ips {
             let set = Fam::of(ip).name("podfast");
-            b.element(true, &set, vec![Elem::IdxAddr(index, *ip)]);
+            b.element(add, &set, vec![Elem::IdxAddr(index, *ip)]);
         }
     }
-    b
 }
 
 fn base_chains(b: &mut Batch, spec: &TableSpec) {
