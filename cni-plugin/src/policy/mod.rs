@@ -1,5 +1,6 @@
 //! Tenants and projects → the desired nftables ruleset, as pure data.
 
+mod chains;
 pub mod diff;
 pub mod epoch;
 #[cfg(test)]

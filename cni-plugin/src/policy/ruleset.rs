@@ -1,6 +1,6 @@
 //! Policy and pods → the nftables plan. Per-packet cost is a fixed number of
 //! hash lookups whatever the number of pods or projects: pods live in sets and
-//! maps, and the rule count does not grow with pods.
+//! maps (here), and the rule count does not grow with pods (`chains`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -8,12 +8,10 @@ use std::net::IpAddr;
 use ipnetwork::IpNetwork;
 use serde_json::{json, Value};
 
-use super::epoch::{mark, EPOCH_CHAIN, VERIFIED_CHAIN};
+use super::chains::base_chains;
+use super::epoch::mark;
 use super::model::{Policy, Project, Role};
-use super::nftjson::{
-    concat, counter, ct, in_set, jump, matches, meta, not_in_set, verdict, Batch, Elem, Fam,
-    Verdict, FAMS,
-};
+use super::nftjson::{Batch, Elem, Fam, Verdict, FAMS};
 use super::peers::Peer;
 
 /// One attachment as the firewall sees it.
@@ -26,7 +24,7 @@ pub struct PodEntry {
     /// 0 for a veth made without one (then the pod's addresses map to its
     /// tenant instead).
     pub group: u32,
-    /// Index of the host veth once it exists (see [`fast_source`]).
+    /// Index of the host veth once it exists (see `chains::fast_source`).
     pub ifindex: Option<u32>,
 }
 
@@ -58,10 +56,6 @@ impl TableSpec {
 
 /// Per (source, destination) drop counters: local sources, other nodes' pods.
 pub const DROP_METERS: [&str; 2] = ["drops", "peerdrops"];
-/// Where a pod's packets prove their source.
-const ANTISPOOF: &str = "antispoof";
-const PRIO_FILTER_EARLY: i32 = -5;
-const PRIO_SRCNAT: i32 = 100;
 
 pub fn tenant_chain(t: &Project) -> String {
     format!("tenant-{t}")
@@ -263,41 +257,6 @@ pub(super) fn member_elements(
     }
 }
 
-/// The family test first: every packet crosses these rules, and a packet of
-/// the other family then stops at a compare instead of an interface-name
-/// lookup (nft would put its own family test after the lookup).
-fn nfproto(f: Fam) -> Value {
-    let name = if f.is_v4() { "ipv4" } else { "ipv6" };
-    matches(meta("nfproto"), "==", json!(name))
-}
-
-/// A packet from one of our veths with that pod's own address. Our veths
-/// carry a group (a project's number), most other links none: they skip the
-/// lookup at a compare.
-fn own_source(f: Fam) -> Vec<Value> {
-    source_in(f, "iifname", "podsrc")
-}
-
-fn source_in(f: Fam, iface: &str, set: &str) -> Vec<Value> {
-    vec![
-        nfproto(f),
-        matches(meta("iifgroup"), "!=", json!(0)),
-        in_set(concat(vec![meta(iface), f.saddr()]), &f.name(set)),
-    ]
-}
-
-/// [`own_source`] for the fast path, keyed by the veth's index rather than
-/// its name: an index is loaded and hashed at a fraction of a name's cost
-/// (in a forwarding flood the fast rule's CPU share fell by a fifth). The
-/// index exists only once the veth does, after the pod's other elements went
-/// in, so ADD adds these elements when the wiring is done ([`fast_elements`]);
-/// until then, or if that failed, the pod's packets take the full path.
-/// Kernels allocate link indexes cyclically, so one left behind by a veth
-/// that vanished before its DEL is not handed to another link.
-fn fast_source(f: Fam) -> Vec<Value> {
-    source_in(f, "iif", "podfast")
-}
-
 /// The fast path's elements of a pod whose veth now exists.
 pub fn fast_elements(spec: &TableSpec, pod: &PodEntry) -> Batch {
     let mut b = spec.batch();
@@ -312,189 +271,4 @@ fn fast_pod_elements(b: &mut Batch, pod: &PodEntry, add: bool) {
             b.element(add, &set, vec![Elem::IdxAddr(index, *ip)]);
         }
     }
-}
-
-fn base_chains(b: &mut Batch, spec: &TableSpec) {
-    // Anti-spoofing: a pod's packets must carry its own address, whether
-    // they are forwarded or for the node. Jumped to from the forward and
-    // input chains rather than hooked at prerouting: a hook of its own was a
-    // second chain run on every forwarded packet (a spoofed packet still
-    // stops before routing could deliver it: a conntrack entry made for it
-    // is never confirmed, a DNAT keeps its source).
-    b.add_chain(ANTISPOOF, None);
-    // The common case first, in one lookup: a pod's packet with its own address.
-    for f in FAMS {
-        let mut rule = own_source(f);
-        rule.push(verdict("return"));
-        b.add_rule(ANTISPOOF, rule);
-    }
-    // Link-local and unspecified sources (NDP, DAD) are the pod's too.
-    for ll in ["fe80::/10", "::"] {
-        let (addr, len) = ll
-            .split_once('/')
-            .map_or((ll, 128), |(a, l)| (a, l.parse().unwrap_or(128)));
-        b.add_rule(
-            ANTISPOOF,
-            vec![
-                nfproto(FAMS[1]),
-                matches(
-                    FAMS[1].saddr(),
-                    "==",
-                    json!({"prefix": {"addr": addr, "len": len}}),
-                ),
-                verdict("return"),
-            ],
-        );
-    }
-    for f in FAMS {
-        b.add_rule(
-            ANTISPOOF,
-            vec![
-                nfproto(f),
-                in_set(meta("iifname"), "podif"),
-                not_in_set(concat(vec![meta("iifname"), f.saddr()]), &f.name("podsrc")),
-                counter(),
-                verdict("drop"),
-            ],
-        );
-    }
-    for f in FAMS {
-        to_pod_chain(b, f, spec.log_drops);
-        from_pod_chain(b, f);
-    }
-    b.add_chain("input", Some(("filter", "input", PRIO_FILTER_EARLY)));
-    b.add_rule("input", vec![jump(ANTISPOOF)]);
-    b.add_chain("forward", Some(("filter", "forward", PRIO_FILTER_EARLY)));
-    if spec.flow_mark_mask != 0 {
-        // First, in one rule: a pod's packet with its own source on a
-        // connection the rules accepted in this epoch.
-        b.add_chain(EPOCH_CHAIN, None);
-        b.add_chain(VERIFIED_CHAIN, None);
-        for f in FAMS {
-            let mut rule = fast_source(f);
-            rule.push(jump(EPOCH_CHAIN));
-            b.add_rule("forward", rule);
-        }
-    }
-    b.add_rule("forward", vec![jump(ANTISPOOF)]);
-    for f in FAMS {
-        b.add_rule(
-            "forward",
-            vec![in_set(f.daddr(), &f.name("pods")), jump(&f.name("to_pod"))],
-        );
-    }
-    for f in FAMS {
-        b.add_rule(
-            "forward",
-            vec![
-                in_set(f.saddr(), &f.name("pods")),
-                jump(&f.name("from_pod")),
-            ],
-        );
-    }
-    if spec.masquerade {
-        b.add_chain("postrouting", Some(("nat", "postrouting", PRIO_SRCNAT)));
-        for f in FAMS {
-            b.add_rule(
-                "postrouting",
-                vec![
-                    in_set(f.saddr(), &f.name("pods")),
-                    not_in_set(f.daddr(), &f.name("pods")),
-                    not_in_set(f.daddr(), &f.name("cluster")),
-                    json!({"masquerade": null}),
-                ],
-            );
-        }
-    }
-}
-
-/// Traffic to a local pod.
-fn to_pod_chain(b: &mut Batch, f: Fam, log: bool) {
-    let chain = f.name("to_pod");
-    b.add_chain(&chain, None);
-    // The source's project first: a tenant's chain accepts if the
-    // destination is a member, a global project's pods pass. A local pod's
-    // project comes from its host veth's group (only our veths: an admin may
-    // group other links), a remote pod's from its address. Same-tenant
-    // traffic, the bulk, is through after three lookups.
-    b.add_rule(
-        &chain,
-        vec![
-            in_set(meta("iifname"), "podif"),
-            json!({"vmap": {"key": meta("iifgroup"), "data": format!("@{GROUP_MAP}")}}),
-        ],
-    );
-    b.add_rule(
-        &chain,
-        vec![json!({"vmap": {"key": f.saddr(), "data": format!("@{}", f.name("tenant"))}})],
-    );
-    // Anything may reach a global project's pods.
-    b.add_rule(
-        &chain,
-        vec![in_set(f.daddr(), &f.name("global")), verdict("accept")],
-    );
-    // Any other local pod: a cross-tenant packet, whatever conntrack thinks of it.
-    // Local pods, then pods of other nodes not of this tenant (or not synced
-    // yet): cross-tenant, whatever conntrack or a DNAT says. Each has its own
-    // meter: two rules cannot share one.
-    for (sources, meter) in [("pods", DROP_METERS[0]), ("cluster", DROP_METERS[1])] {
-        if log {
-            // Its own rule: `limit` ends the rule it is in once over the rate,
-            // and a verdict (even a jump) must be the last statement of a rule.
-            b.add_rule(
-                &chain,
-                vec![
-                    in_set(f.saddr(), &f.name(sources)),
-                    json!({"limit": {"rate": 10, "per": "second"}}),
-                    json!({"log": {"prefix": "moat drop: "}}),
-                ],
-            );
-        }
-        b.add_rule(
-            &chain,
-            vec![
-                in_set(f.saddr(), &f.name(sources)),
-                json!({"meter": {"name": f.name(meter), "key": concat(vec![f.saddr(), f.daddr()]), "stmt": counter()}}),
-                verdict("drop"),
-            ],
-        );
-    }
-    // From outside: only what a service or NodePort DNAT brought in, and replies.
-    b.add_rule(
-        &chain,
-        vec![
-            matches(ct("status"), "in", json!("dnat")),
-            verdict("accept"),
-        ],
-    );
-    b.add_rule(
-        &chain,
-        vec![
-            matches(ct("direction"), "==", json!("reply")),
-            verdict("accept"),
-        ],
-    );
-    b.add_rule(&chain, vec![counter(), verdict("drop")]);
-}
-
-/// Traffic from a local pod to anything that is not a local pod.
-fn from_pod_chain(b: &mut Batch, f: Fam) {
-    let chain = f.name("from_pod");
-    b.add_chain(&chain, None);
-    b.add_rule(
-        &chain,
-        vec![
-            matches(ct("direction"), "==", json!("reply")),
-            verdict("accept"),
-        ],
-    );
-    b.add_rule(
-        &chain,
-        vec![
-            in_set(f.saddr(), &f.name("egress_deny")),
-            not_in_set(f.daddr(), &f.name("cluster")),
-            counter(),
-            verdict("drop"),
-        ],
-    );
 }
