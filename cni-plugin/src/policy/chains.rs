@@ -52,13 +52,56 @@ fn fast_source(f: Fam) -> Vec<Value> {
     source_in(f, "iif", "podfast")
 }
 
+/// Every chain but the tenants': they are the same whatever pods and
+/// projects there are.
 pub(super) fn base_chains(b: &mut Batch, spec: &TableSpec) {
-    // Anti-spoofing: a pod's packets must carry its own address, whether
-    // they are forwarded or for the node. Jumped to from the forward and
-    // input chains rather than hooked at prerouting: a hook of its own was a
-    // second chain run on every forwarded packet (a spoofed packet still
-    // stops before routing could deliver it: a conntrack entry made for it
-    // is never confirmed, a DNAT keeps its source).
+    antispoof_chain(b);
+    for f in FAMS {
+        to_pod_chain(b, f, spec.log_drops);
+        from_pod_chain(b, f);
+    }
+    b.add_chain("input", Some(("filter", "input", PRIO_FILTER_EARLY)));
+    b.add_rule("input", vec![jump(ANTISPOOF)]);
+    b.add_chain("forward", Some(("filter", "forward", PRIO_FILTER_EARLY)));
+    if spec.flow_mark_mask != 0 {
+        // First, in one rule: a pod's packet with its own source on a
+        // connection the rules accepted in this epoch.
+        b.add_chain(EPOCH_CHAIN, None);
+        b.add_chain(VERIFIED_CHAIN, None);
+        for f in FAMS {
+            let mut rule = fast_source(f);
+            rule.push(jump(EPOCH_CHAIN));
+            b.add_rule("forward", rule);
+        }
+    }
+    b.add_rule("forward", vec![jump(ANTISPOOF)]);
+    for f in FAMS {
+        b.add_rule(
+            "forward",
+            vec![in_set(f.daddr(), &f.name("pods")), jump(&f.name("to_pod"))],
+        );
+    }
+    for f in FAMS {
+        b.add_rule(
+            "forward",
+            vec![
+                in_set(f.saddr(), &f.name("pods")),
+                jump(&f.name("from_pod")),
+            ],
+        );
+    }
+    if spec.masquerade {
+        masquerade_chain(b);
+    }
+}
+
+/// Anti-spoofing: a pod's packets must carry its own address, whether they
+/// are forwarded or for the node. Jumped to from the forward and input
+/// chains rather than hooked at prerouting: a hook of its own was a second
+/// chain run on every forwarded packet (a spoofed packet still stops before
+/// routing could deliver it: a conntrack entry made for it is never
+/// confirmed, a DNAT keeps its source).
+fn antispoof_chain(b: &mut Batch) {
     b.add_chain(ANTISPOOF, None);
     // The common case first, in one lookup: a pod's packet with its own address.
     for f in FAMS {
@@ -96,53 +139,21 @@ pub(super) fn base_chains(b: &mut Batch, spec: &TableSpec) {
             ],
         );
     }
-    for f in FAMS {
-        to_pod_chain(b, f, spec.log_drops);
-        from_pod_chain(b, f);
-    }
-    b.add_chain("input", Some(("filter", "input", PRIO_FILTER_EARLY)));
-    b.add_rule("input", vec![jump(ANTISPOOF)]);
-    b.add_chain("forward", Some(("filter", "forward", PRIO_FILTER_EARLY)));
-    if spec.flow_mark_mask != 0 {
-        // First, in one rule: a pod's packet with its own source on a
-        // connection the rules accepted in this epoch.
-        b.add_chain(EPOCH_CHAIN, None);
-        b.add_chain(VERIFIED_CHAIN, None);
-        for f in FAMS {
-            let mut rule = fast_source(f);
-            rule.push(jump(EPOCH_CHAIN));
-            b.add_rule("forward", rule);
-        }
-    }
-    b.add_rule("forward", vec![jump(ANTISPOOF)]);
+}
+
+/// Pods' packets to anywhere outside the cluster leave with the node's address.
+fn masquerade_chain(b: &mut Batch) {
+    b.add_chain("postrouting", Some(("nat", "postrouting", PRIO_SRCNAT)));
     for f in FAMS {
         b.add_rule(
-            "forward",
-            vec![in_set(f.daddr(), &f.name("pods")), jump(&f.name("to_pod"))],
-        );
-    }
-    for f in FAMS {
-        b.add_rule(
-            "forward",
+            "postrouting",
             vec![
                 in_set(f.saddr(), &f.name("pods")),
-                jump(&f.name("from_pod")),
+                not_in_set(f.daddr(), &f.name("pods")),
+                not_in_set(f.daddr(), &f.name("cluster")),
+                json!({"masquerade": null}),
             ],
         );
-    }
-    if spec.masquerade {
-        b.add_chain("postrouting", Some(("nat", "postrouting", PRIO_SRCNAT)));
-        for f in FAMS {
-            b.add_rule(
-                "postrouting",
-                vec![
-                    in_set(f.saddr(), &f.name("pods")),
-                    not_in_set(f.daddr(), &f.name("pods")),
-                    not_in_set(f.daddr(), &f.name("cluster")),
-                    json!({"masquerade": null}),
-                ],
-            );
-        }
     }
 }
 
