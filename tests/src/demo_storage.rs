@@ -106,30 +106,46 @@ async fn create(c: &Cluster, name: &str, mode: Mode) -> Result<String> {
     .await)
 }
 
-async fn scenario() -> Result<Vec<Row>> {
-    let c = Cluster::new(&["node-1", "node-2"]);
-    let mut rows = Vec::new();
-    let mut row = |rule, attempt: &str, expected, got: String| {
-        rows.push(Row {
+/// The checks in the order the demo prints them.
+#[derive(Default)]
+struct Rows(Vec<Row>);
+
+impl Rows {
+    fn add(&mut self, rule: &'static str, attempt: &str, expected: &'static str, got: String) {
+        self.0.push(Row {
             rule,
             attempt: attempt.into(),
             expected,
             got,
-        })
-    };
+        });
+    }
+}
 
+async fn scenario() -> Result<Vec<Row>> {
+    let c = Cluster::new(&["node-1", "node-2"]);
+    let mut rows = Rows::default();
+    single_writer(&c, &mut rows).await?;
+    single_pod(&c, &mut rows).await?;
+    read_only_many(&c, &mut rows).await?;
+    read_write_many(&c, &mut rows).await?;
+    publications_listed(&c, &mut rows).await?;
+    Ok(rows.0)
+}
+
+/// ReadWriteOnce, a readonly publish of it, and another project's pod.
+async fn single_writer(c: &Cluster, rows: &mut Rows) -> Result<()> {
     let rwo = mount_cap(Mode::SingleNodeWriter, "ext4");
-    let data = create(&c, "shop-data", Mode::SingleNodeWriter).await?;
+    let data = create(c, "shop-data", Mode::SingleNodeWriter).await?;
     let t = c
         .attach(0, &data, rwo.clone(), false, "shop", "shop-app")
         .await;
-    row(
+    rows.add(
         "RWO: one node writes",
         "shop pod on node-1 publishes",
         "OK",
         outcome(&t),
     );
-    row(
+    rows.add(
         "RWO: one node writes",
         "write a file",
         "written",
@@ -138,7 +154,7 @@ async fn scenario() -> Result<Vec<Row>> {
     let second = c
         .attach(1, &data, rwo.clone(), false, "shop", "shop-app-2")
         .await;
-    row(
+    rows.add(
         "RWO: one node at a time",
         "publish to node-2 too",
         "FAILED_PRECONDITION",
@@ -147,7 +163,7 @@ async fn scenario() -> Result<Vec<Row>> {
     let ro = c
         .node_attach(0, &data, rwo.clone(), true, "shop", "shop-ro")
         .await;
-    row(
+    rows.add(
         "readonly publish",
         "write through a readonly publish",
         "EROFS",
@@ -156,63 +172,72 @@ async fn scenario() -> Result<Vec<Row>> {
     let foreign = c
         .node_attach(0, &data, rwo, false, "blog", "blog-app")
         .await;
-    row(
+    rows.add(
         "volumes belong to their project",
         "blog pod mounts shop's volume",
         "PERMISSION_DENIED",
         outcome(&foreign),
     );
+    Ok(())
+}
 
+async fn single_pod(c: &Cluster, rows: &mut Rows) -> Result<()> {
     let rwop = mount_cap(Mode::SingleNodeSingleWriter, "ext4");
-    let one = create(&c, "shop-db", Mode::SingleNodeSingleWriter).await?;
+    let one = create(c, "shop-db", Mode::SingleNodeSingleWriter).await?;
     let first = c.attach(0, &one, rwop.clone(), false, "shop", "db-1").await;
-    row(
+    rows.add(
         "RWOP: one publication at all",
         "first pod publishes",
         "OK",
         outcome(&first),
     );
     let again = c.attach(0, &one, rwop, false, "shop", "db-2").await;
-    row(
+    rows.add(
         "RWOP: one publication at all",
         "second pod, same node",
         "FAILED_PRECONDITION",
         outcome(&again),
     );
+    Ok(())
+}
 
+async fn read_only_many(c: &Cluster, rows: &mut Rows) -> Result<()> {
     let rox = mount_cap(Mode::MultiNodeReaderOnly, "ext4");
-    let assets = create(&c, "shop-assets", Mode::MultiNodeReaderOnly).await?;
+    let assets = create(c, "shop-assets", Mode::MultiNodeReaderOnly).await?;
     for (i, node) in [(0, "node-1"), (1, "node-2")] {
         let t = c
             .attach(i, &assets, rox.clone(), false, "shop", &format!("web-{i}"))
             .await;
-        row(
+        rows.add(
             "ROX: many nodes, read-only",
             &format!("publish on {node} asking read-write"),
             "OK",
             outcome(&t),
         );
-        row(
+        rows.add(
             "ROX: many nodes, read-only",
             &format!("write on {node}"),
             "EROFS",
             write_outcome(write_in(&id_of(&t), "x", "y")),
         );
     }
+    Ok(())
+}
 
+async fn read_write_many(c: &Cluster, rows: &mut Rows) -> Result<()> {
     let rwx = mount_cap(Mode::MultiNodeMultiWriter, "");
-    let shared = create(&c, "shop-shared", Mode::MultiNodeMultiWriter).await?;
+    let shared = create(c, "shop-shared", Mode::MultiNodeMultiWriter).await?;
     let a = c
         .attach(0, &shared, rwx.clone(), false, "shop", "worker-1")
         .await;
     let b = c.attach(1, &shared, rwx, false, "shop", "worker-2").await;
-    row(
+    rows.add(
         "RWX: many nodes, many writers",
         "write on node-1",
         "written",
         write_outcome(write_in(&id_of(&a), "n1", "hi")),
     );
-    row(
+    rows.add(
         "RWX: many nodes, many writers",
         "write on node-2",
         "written",
@@ -221,12 +246,17 @@ async fn scenario() -> Result<Vec<Row>> {
     let seen = std::fs::read_to_string(format!("{}/n1", id_of(&b)))
         .map(|_| "seen")
         .unwrap_or("missing");
-    row(
+    rows.add(
         "RWX: many nodes, many writers",
         "node-2 reads node-1's file",
         "seen",
         seen.into(),
     );
+    Ok(())
+}
+
+/// Every publication the steps above left standing, as ListVolumes reports it.
+async fn publications_listed(c: &Cluster, rows: &mut Rows) -> Result<()> {
     let list = c
         .ctrl()
         .await
@@ -239,11 +269,11 @@ async fn scenario() -> Result<Vec<Row>> {
         .filter_map(|e| e.status.as_ref())
         .map(|s| s.published_node_ids.len())
         .sum();
-    row(
+    rows.add(
         "ListVolumes knows publications",
         "published (volume, node) pairs",
         "6",
         published.to_string(),
     );
-    Ok(rows)
+    Ok(())
 }

@@ -7,11 +7,10 @@ use moat_e2e::csi::{create_req, mount_cap, publish_req, refused, stage_req, Clus
 use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread")]
-async fn malformed_requests_get_invalid_argument_before_any_lookup() {
+async fn malformed_creates_get_invalid_argument_or_out_of_range() {
     let c = Cluster::new(&["n1"]);
     let cap = mount_cap(Mode::SingleNodeWriter, "ext4");
     let mut ctrl = c.ctrl().await;
-    let mut node = c.node(0).await;
     let no_name = create_req("", MIB, cap.clone(), "shop");
     let mut no_caps = create_req("pvc-x", MIB, cap.clone(), "shop");
     no_caps.volume_capabilities.clear();
@@ -31,6 +30,24 @@ async fn malformed_requests_get_invalid_argument_before_any_lookup() {
             Code::InvalidArgument
         );
     }
+    let too_big = csi::CapacityRange {
+        required_bytes: 10 * MIB,
+        limit_bytes: MIB,
+    };
+    let mut req = create_req("pvc-range", 10 * MIB, cap.clone(), "shop");
+    req.capacity_range = Some(too_big);
+    assert_eq!(
+        ctrl.create_volume(req).await.unwrap_err().code(),
+        Code::OutOfRange
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_requests_get_invalid_argument_before_any_lookup() {
+    let c = Cluster::new(&["n1"]);
+    let cap = mount_cap(Mode::SingleNodeWriter, "ext4");
+    let mut ctrl = c.ctrl().await;
+    let mut node = c.node(0).await;
     let missing = [
         ctrl.delete_volume(csi::DeleteVolumeRequest::default())
             .await
@@ -60,7 +77,7 @@ async fn malformed_requests_get_invalid_argument_before_any_lookup() {
             "vol-x",
             "/s",
             "/a/../../etc",
-            cap.clone(),
+            cap,
             false,
             "shop",
         ))
@@ -85,16 +102,6 @@ async fn malformed_requests_get_invalid_argument_before_any_lookup() {
     for e in missing {
         assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
     }
-    let too_big = csi::CapacityRange {
-        required_bytes: 10 * MIB,
-        limit_bytes: MIB,
-    };
-    let mut req = create_req("pvc-range", 10 * MIB, cap.clone(), "shop");
-    req.capacity_range = Some(too_big);
-    assert_eq!(
-        ctrl.create_volume(req).await.unwrap_err().code(),
-        Code::OutOfRange
-    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,9 +2,12 @@
 //! pagination, quotas. Restarts and crashes: csi_faults.rs.
 
 use moat_csi_proto as csi;
+use moat_csi_proto::controller_client::ControllerClient;
+use moat_csi_proto::node_client::NodeClient;
 use moat_e2e::csi::{
     create_req, is_mounted, mount_cap, publish_req, stage_req, write_in, Cluster, Mode, MIB,
 };
+use tonic::transport::Channel;
 use tonic::Code;
 
 fn statvfs_total(path: &str) -> u64 {
@@ -34,30 +37,7 @@ async fn every_rpc_twice_gives_the_same_answer() {
         Code::AlreadyExists
     );
     let id = v1.volume.unwrap().volume_id;
-    let publish = csi::ControllerPublishVolumeRequest {
-        volume_id: id.clone(),
-        node_id: "n1".into(),
-        volume_capability: Some(cap.clone()),
-        ..Default::default()
-    };
-    let p1 = ctrl
-        .controller_publish_volume(publish.clone())
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        ctrl.controller_publish_volume(publish.clone())
-            .await
-            .unwrap()
-            .into_inner(),
-        p1
-    );
-    let mut ro = publish.clone();
-    ro.readonly = true;
-    assert_eq!(
-        ctrl.controller_publish_volume(ro).await.unwrap_err().code(),
-        Code::AlreadyExists
-    );
+    controller_publish_twice(&mut ctrl, &id, cap.clone()).await;
     let (staging, target) = (c.path(0, "staging"), c.path(0, "target"));
     for _ in 0..2 {
         node.node_stage_volume(stage_req(&id, &staging, cap.clone()))
@@ -94,33 +74,7 @@ async fn every_rpc_twice_gives_the_same_answer() {
     assert_eq!(ctrl.create_snapshot(snap).await.unwrap().into_inner(), s1);
     let sid = s1.snapshot.unwrap().snapshot_id;
     for _ in 0..2 {
-        let unpub = csi::NodeUnpublishVolumeRequest {
-            volume_id: id.clone(),
-            target_path: target.clone(),
-        };
-        node.node_unpublish_volume(unpub).await.unwrap();
-        let unstage = csi::NodeUnstageVolumeRequest {
-            volume_id: id.clone(),
-            staging_target_path: staging.clone(),
-        };
-        node.node_unstage_volume(unstage).await.unwrap();
-        let cu = csi::ControllerUnpublishVolumeRequest {
-            volume_id: id.clone(),
-            node_id: "n1".into(),
-            ..Default::default()
-        };
-        ctrl.controller_unpublish_volume(cu).await.unwrap();
-        let ds = csi::DeleteSnapshotRequest {
-            snapshot_id: sid.clone(),
-            ..Default::default()
-        };
-        ctrl.delete_snapshot(ds).await.unwrap();
-        ctrl.delete_volume(csi::DeleteVolumeRequest {
-            volume_id: id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        undo_all(&mut ctrl, &mut node, &id, &sid, &staging, &target).await;
     }
     assert!(!is_mounted(&target) && !std::path::Path::new(&target).exists());
     let list = ctrl
@@ -129,6 +83,78 @@ async fn every_rpc_twice_gives_the_same_answer() {
         .unwrap()
         .into_inner();
     assert!(list.entries.is_empty());
+}
+
+/// ControllerPublish twice gives the same answer; readonly after read-write
+/// is a different publication: ALREADY_EXISTS.
+async fn controller_publish_twice(
+    ctrl: &mut ControllerClient<Channel>,
+    id: &str,
+    cap: csi::VolumeCapability,
+) {
+    let publish = csi::ControllerPublishVolumeRequest {
+        volume_id: id.into(),
+        node_id: "n1".into(),
+        volume_capability: Some(cap),
+        ..Default::default()
+    };
+    let p1 = ctrl
+        .controller_publish_volume(publish.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        ctrl.controller_publish_volume(publish.clone())
+            .await
+            .unwrap()
+            .into_inner(),
+        p1
+    );
+    let mut ro = publish.clone();
+    ro.readonly = true;
+    assert_eq!(
+        ctrl.controller_publish_volume(ro).await.unwrap_err().code(),
+        Code::AlreadyExists
+    );
+}
+
+/// Unpublish, unstage, controller-unpublish, delete the snapshot and the
+/// volume: each must succeed, also when it was already done.
+async fn undo_all(
+    ctrl: &mut ControllerClient<Channel>,
+    node: &mut NodeClient<Channel>,
+    id: &str,
+    sid: &str,
+    staging: &str,
+    target: &str,
+) {
+    let unpub = csi::NodeUnpublishVolumeRequest {
+        volume_id: id.into(),
+        target_path: target.into(),
+    };
+    node.node_unpublish_volume(unpub).await.unwrap();
+    let unstage = csi::NodeUnstageVolumeRequest {
+        volume_id: id.into(),
+        staging_target_path: staging.into(),
+    };
+    node.node_unstage_volume(unstage).await.unwrap();
+    let cu = csi::ControllerUnpublishVolumeRequest {
+        volume_id: id.into(),
+        node_id: "n1".into(),
+        ..Default::default()
+    };
+    ctrl.controller_unpublish_volume(cu).await.unwrap();
+    let ds = csi::DeleteSnapshotRequest {
+        snapshot_id: sid.into(),
+        ..Default::default()
+    };
+    ctrl.delete_snapshot(ds).await.unwrap();
+    ctrl.delete_volume(csi::DeleteVolumeRequest {
+        volume_id: id.into(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
 }
 
 /// Whether this process may resize ext4 online (the kernel wants
@@ -289,37 +315,7 @@ async fn snapshot_restore_and_clone_carry_the_content() {
             }),
         ];
         for (i, src) in sources.into_iter().enumerate() {
-            let mut req = create_req(
-                &format!("pvc-copy-{name}-{i}"),
-                64 * MIB,
-                cap.clone(),
-                "shop",
-            );
-            req.volume_content_source = Some(csi::VolumeContentSource { r#type: Some(src) });
-            let copy = c
-                .ctrl()
-                .await
-                .create_volume(req)
-                .await
-                .unwrap()
-                .into_inner()
-                .volume
-                .unwrap();
-            let ct = c
-                .attach(
-                    0,
-                    &copy.volume_id,
-                    cap.clone(),
-                    false,
-                    "shop",
-                    &format!("copy-{name}-{i}"),
-                )
-                .await
-                .unwrap();
-            assert_eq!(
-                std::fs::read_to_string(format!("{ct}/payload")).unwrap(),
-                name
-            );
+            copy_carries_payload(&c, cap.clone(), &format!("{name}-{i}"), src, name).await;
         }
         // Another project may not restore this project's data.
         let mut foreign = create_req(&format!("pvc-steal-{name}"), 64 * MIB, cap, "blog");
@@ -338,6 +334,42 @@ async fn snapshot_restore_and_clone_carry_the_content() {
             Code::PermissionDenied
         );
     }
+}
+
+/// A volume made from `src` holds the file `payload` with `want` in it.
+async fn copy_carries_payload(
+    c: &Cluster,
+    cap: csi::VolumeCapability,
+    tag: &str,
+    src: csi::volume_content_source::Type,
+    want: &str,
+) {
+    let mut req = create_req(&format!("pvc-copy-{tag}"), 64 * MIB, cap.clone(), "shop");
+    req.volume_content_source = Some(csi::VolumeContentSource { r#type: Some(src) });
+    let copy = c
+        .ctrl()
+        .await
+        .create_volume(req)
+        .await
+        .unwrap()
+        .into_inner()
+        .volume
+        .unwrap();
+    let ct = c
+        .attach(
+            0,
+            &copy.volume_id,
+            cap,
+            false,
+            "shop",
+            &format!("copy-{tag}"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(format!("{ct}/payload")).unwrap(),
+        want
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -89,18 +89,12 @@ fn local_pods_find_their_tenant_by_their_projects_interface_group() {
     const ACCEPT: &str = r#"{"accept":null}"#;
     let node = Node::new(dual_stack_conf("1.1.0"));
     let pods = attach(&node, &["a", "b", "a", "kube-system"]);
-    let group = |pod: &Pod| -> u64 {
-        let host = pod.result["interfaces"][0]["name"].as_str().unwrap();
-        let out = node.ns.ip(&["-j", "link", "show", "dev", host]);
-        let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        links[0]["group"]
-            .as_str()
-            .unwrap()
-            .parse()
-            .expect("a numbered group")
-    };
-    let (ga, gb, gk) = (group(&pods[0]), group(&pods[1]), group(&pods[3]));
-    assert_eq!(group(&pods[2]), ga, "one group per project");
+    let (ga, gb, gk) = (
+        group(&node, &pods[0]),
+        group(&node, &pods[1]),
+        group(&node, &pods[3]),
+    );
+    assert_eq!(group(&node, &pods[2]), ga, "one group per project");
     assert_ne!(ga, gb);
     let listed = node.cli(&["pods"]).ok().stdout;
     let host_a = pods[0].result["interfaces"][0]["name"].as_str().unwrap();
@@ -109,27 +103,8 @@ fn local_pods_find_their_tenant_by_their_projects_interface_group() {
         line.split_whitespace().any(|w| w == ga.to_string()),
         "moat pods shows the group: {line}"
     );
-    let map = |n: &Node| -> BTreeSet<String> {
-        let listing = n.nft_table().expect("table");
-        let maps = listing["nftables"].as_array().unwrap().iter();
-        let m = maps
-            .filter_map(|o| o.get("map"))
-            .find(|m| m["name"] == "tenantgrp")
-            .expect("group map");
-        let elems = m["elem"].as_array().cloned().unwrap_or_default();
-        elems
-            .iter()
-            .map(|e| match e[1]["jump"]["target"].as_str() {
-                Some(chain) => format!("{}:{chain}", e[0]),
-                None => format!("{}:{}", e[0], e[1]),
-            })
-            .collect()
-    };
-    let want = |pairs: &[(u64, &str)]| -> BTreeSet<String> {
-        pairs.iter().map(|(g, c)| format!("{g}:{c}")).collect()
-    };
     assert_eq!(
-        map(&node),
+        group_map(&node),
         want(&[(ga, "tenant-a"), (gb, "tenant-b"), (gk, ACCEPT)]),
         "a global project's pods pass"
     );
@@ -150,7 +125,7 @@ fn local_pods_find_their_tenant_by_their_projects_interface_group() {
     let epoch = node.epoch();
     node.cli(&["project", "join", "a", "b"]).ok();
     assert_eq!(
-        map(&node),
+        group_map(&node),
         want(&[(ga, "tenant-a"), (gb, "tenant-a"), (gk, ACCEPT)])
     );
     let joined = node.epoch();
@@ -166,36 +141,75 @@ fn local_pods_find_their_tenant_by_their_projects_interface_group() {
         node.del(pod).ok();
     }
     let again = attach(&node, &["a"]);
-    assert_eq!(group(&again[0]), ga, "the project keeps its group");
+    assert_eq!(group(&node, &again[0]), ga, "the project keeps its group");
     assert_eq!(
-        map(&node),
+        group_map(&node),
         want(&[(ga, "tenant-a"), (gb, "tenant-b"), (gk, ACCEPT)])
     );
-    let mut conf = node.conf.clone();
-    conf["prevResult"] = pods[1].result.clone();
-    node.call_with(&pods[1].call("CHECK"), &conf).ok();
-    let host = pods[1].result["interfaces"][0]["name"].as_str().unwrap();
-    node.ns
-        .ip(&["link", "set", "dev", host, "group", &ga.to_string()]);
-    let out = node.call_with(&pods[1].call("CHECK"), &conf);
-    assert_eq!(out.code(), 103, "{out:?}");
-    assert!(
-        out.json()["msg"].as_str().unwrap().contains("group"),
-        "{out:?}"
-    );
+    check_notices_a_veth_moved_to(&node, &pods[1], ga);
     // A project whose pods have all left is pruned at the next rebuild:
     // group element and tenant chain (short-lived namespaces must not pile up).
     node.del(&pods[1]).ok();
     node.cli(&["reconcile"]).ok();
-    assert_eq!(map(&node), want(&[(ga, "tenant-a"), (gk, ACCEPT)]));
+    assert_eq!(group_map(&node), want(&[(ga, "tenant-a"), (gk, ACCEPT)]));
     let listing = node.nft_table().unwrap();
     let chains = listing["nftables"].as_array().unwrap().iter();
     let mut chains = chains.filter_map(|o| o.pointer("/chain/name"));
     assert!(!chains.any(|c| c == "tenant-b"), "tenant-b pruned");
     let newcomer = attach(&node, &["c"]);
-    let gc = group(&newcomer[0]);
+    let gc = group(&node, &newcomer[0]);
     assert!(
         ![ga, gk].contains(&gc),
         "a live project's number is never reused"
+    );
+}
+
+/// The interface group of a pod's host veth.
+fn group(node: &Node, pod: &Pod) -> u64 {
+    let host = pod.result["interfaces"][0]["name"].as_str().unwrap();
+    let out = node.ns.ip(&["-j", "link", "show", "dev", host]);
+    let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    links[0]["group"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .expect("a numbered group")
+}
+
+/// The group map's elements as `group:chain` (or `group:verdict`).
+fn group_map(n: &Node) -> BTreeSet<String> {
+    let listing = n.nft_table().expect("table");
+    let maps = listing["nftables"].as_array().unwrap().iter();
+    let m = maps
+        .filter_map(|o| o.get("map"))
+        .find(|m| m["name"] == "tenantgrp")
+        .expect("group map");
+    let elems = m["elem"].as_array().cloned().unwrap_or_default();
+    elems
+        .iter()
+        .map(|e| match e[1]["jump"]["target"].as_str() {
+            Some(chain) => format!("{}:{chain}", e[0]),
+            None => format!("{}:{}", e[0], e[1]),
+        })
+        .collect()
+}
+
+fn want(pairs: &[(u64, &str)]) -> BTreeSet<String> {
+    pairs.iter().map(|(g, c)| format!("{g}:{c}")).collect()
+}
+
+/// CHECK passes, then fails once the pod's veth is put in another project's group.
+fn check_notices_a_veth_moved_to(node: &Node, pod: &Pod, other: u64) {
+    let mut conf = node.conf.clone();
+    conf["prevResult"] = pod.result.clone();
+    node.call_with(&pod.call("CHECK"), &conf).ok();
+    let host = pod.result["interfaces"][0]["name"].as_str().unwrap();
+    node.ns
+        .ip(&["link", "set", "dev", host, "group", &other.to_string()]);
+    let out = node.call_with(&pod.call("CHECK"), &conf);
+    assert_eq!(out.code(), 103, "{out:?}");
+    assert!(
+        out.json()["msg"].as_str().unwrap().contains("group"),
+        "{out:?}"
     );
 }
