@@ -50,7 +50,10 @@ helper_pid=""
 cleanup() {
   local rc=$?
   set +e
-  trap - EXIT INT TERM
+  # A second signal (a supervisor's TERM after ^C, say) must not cut the
+  # clean-up short and leave thousands of namespaces behind.
+  trap - EXIT
+  trap '' INT TERM
   if [[ -n $helper_pid ]] && kill -0 "$helper_pid" 2>/dev/null; then
     kill -TERM "$helper_pid"; sleep 0.5; kill -KILL "$helper_pid" 2>/dev/null
     wait "$helper_pid" 2>/dev/null
