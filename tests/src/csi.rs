@@ -392,13 +392,15 @@ impl Cluster {
         cap: csi::VolumeCapability,
         project: &str,
     ) -> String {
-        let v = self
-            .ctrl()
+        self.create_from(create_req(name, size, cap, project))
             .await
-            .create_volume(create_req(name, size, cap, project))
-            .await
-            .expect("create");
-        v.into_inner().volume.unwrap().volume_id
+            .volume_id
+    }
+
+    /// CreateVolume of a request the caller shaped; it must succeed.
+    pub async fn create_from(&self, req: csi::CreateVolumeRequest) -> csi::Volume {
+        let v = self.ctrl().await.create_volume(req).await.expect("create");
+        v.into_inner().volume.expect("a volume")
     }
 
     /// ControllerPublish (when `ctrl`), NodeStage and NodePublish on node `i`

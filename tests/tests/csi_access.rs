@@ -161,16 +161,7 @@ async fn another_project_is_denied_unless_the_class_shares_the_volume() {
     let mut req = moat_e2e::csi::create_req("pvc-shared", 64 * MIB, cap.clone(), "shop");
     req.parameters
         .insert("moat.dev/shared-with".into(), "blog".into());
-    let shared = c
-        .ctrl()
-        .await
-        .create_volume(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap()
-        .volume_id;
+    let shared = c.create_from(req).await.volume_id;
     let t = c
         .node_attach(0, &shared, cap.clone(), false, "blog", "blog-ok")
         .await

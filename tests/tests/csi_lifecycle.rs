@@ -346,15 +346,7 @@ async fn copy_carries_payload(
 ) {
     let mut req = create_req(&format!("pvc-copy-{tag}"), 64 * MIB, cap.clone(), "shop");
     req.volume_content_source = Some(csi::VolumeContentSource { r#type: Some(src) });
-    let copy = c
-        .ctrl()
-        .await
-        .create_volume(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap();
+    let copy = c.create_from(req).await;
     let ct = c
         .attach(
             0,
