@@ -91,14 +91,7 @@ async fn a_crash_during_create_or_publish_then_restart_is_consistent() {
     );
     let leftovers = std::fs::read_dir(c.pool.join("volumes")).unwrap().count();
     assert_eq!(leftovers, 0, "no orphan image");
-    let id = ctrl
-        .create_volume(req)
-        .await
-        .unwrap()
-        .into_inner()
-        .volume
-        .unwrap()
-        .volume_id;
+    let id = c.create_from(req).await.volume_id;
 
     // Killed between the publication's record and its mount: the restart
     // drops the record, or RWOP would refuse the next target below.

@@ -110,7 +110,7 @@ async fn controller_publish_twice(
             .into_inner(),
         p1
     );
-    let mut ro = publish.clone();
+    let mut ro = publish;
     ro.readonly = true;
     assert_eq!(
         ctrl.controller_publish_volume(ro).await.unwrap_err().code(),
