@@ -1,10 +1,12 @@
 //! Driving the built `moat` binary exactly as a runtime does: CNI_* env,
 //! config on stdin, result on stdout, run inside a test-made "node" netns.
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStderr, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
@@ -47,6 +49,42 @@ pub struct Call {
     pub args: String,
 }
 
+/// A CLI process that keeps running.
+pub struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    stderr: BufReader<ChildStderr>,
+}
+
+impl Running {
+    /// Its next line on stderr (where it says it is ready, or why it stopped).
+    pub fn stderr_line(&mut self) -> String {
+        let mut line = String::new();
+        self.stderr.read_line(&mut line).expect("read stderr");
+        line
+    }
+
+    /// The lines it printed on stdout within `window`.
+    pub fn lines_within(&self, window: Duration) -> Vec<String> {
+        let end = Instant::now() + window;
+        let mut out = Vec::new();
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => out.push(line),
+                Err(_) => break,
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A simulated node: its own netns (the "host" side), state dir and config.
 pub struct Node {
     pub ns: Netns,
@@ -81,27 +119,53 @@ impl Node {
         }
     }
 
-    /// The operator CLI, run in the node netns against this node's config.
-    pub fn cli(&self, args: &[&str]) -> CniOut {
+    /// The operator CLI in the node netns against this node's config.
+    fn cli_command(&self, args: &[&str]) -> Command {
         std::fs::create_dir_all(&self.data_dir).unwrap();
         let conf_path = self.data_dir.join("moat.conf");
         // Atomic: parallel CLI calls must never read a half-written file.
         let tmp = self.data_dir.join(unique("conf"));
         std::fs::write(&tmp, self.conf.to_string()).unwrap();
         std::fs::rename(&tmp, &conf_path).unwrap();
-        let out = self
-            .ns
-            .exec(self.bin.to_str().unwrap())
-            .arg("--config")
+        let mut cmd = self.ns.exec(self.bin.to_str().unwrap());
+        cmd.arg("--config")
             .arg(&conf_path)
             .args(args)
-            .env_remove("CNI_COMMAND")
-            .output()
-            .expect("run moat cli");
+            .env_remove("CNI_COMMAND");
+        cmd
+    }
+
+    /// The operator CLI, run to its end.
+    pub fn cli(&self, args: &[&str]) -> CniOut {
+        let out = self.cli_command(args).output().expect("run moat cli");
         CniOut {
             success: out.status.success(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// The operator CLI left running (`drops --follow`), its output read
+    /// line by line; killed when dropped.
+    pub fn cli_running(&self, args: &[&str]) -> Running {
+        let mut child = self
+            .cli_command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start moat cli");
+        let (tx, lines) = mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        Running {
+            child,
+            lines,
+            stderr,
         }
     }
 

@@ -2,6 +2,7 @@
 //! policy changes, anti-spoofing, DNAT, drop counters, table loss and repair.
 
 use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
 
 use moat_e2e::cni::{attach, dual_stack_conf, Call, Node, Pod};
 use moat_e2e::probe::{echo_on, reach, serve, tcp_connect, udp_from, Proto, Sink, PORT};
@@ -111,6 +112,81 @@ fn drops_are_counted_per_project_pair() {
     );
     let listed = node.cli(&["pods"]).ok().stdout;
     assert_eq!(listed.lines().count(), 4, "{listed}");
+}
+
+/// Cross-tenant datagrams sent in a burst, far more than the log's rate.
+const BURST: usize = 60;
+
+#[test]
+fn drops_are_logged_to_an_nflog_group_at_a_limited_rate() {
+    let mut conf = dual_stack_conf("1.1.0");
+    conf["isolation"]["logGroup"] = 9.into();
+    let node = Node::new(conf);
+    let pods = attach(&node, &["a", "b", "a"]);
+    let (a1, b1, a2) = (&pods[0], &pods[1], &pods[2]);
+    let follower = &mut node.cli_running(&["drops", "--follow"]);
+    let ready = follower.stderr_line();
+    assert!(ready.contains("following NFLOG group 9"), "{ready}");
+
+    let started = Instant::now();
+    for _ in 0..BURST {
+        assert!(udp_from(&a1.ns, a1.ip(false), b1.ip(false), PORT + 3));
+    }
+    let burst_took = started.elapsed();
+    // b1's address, sent from a1: the line must name a1's project, not b's.
+    let forged = format!("{}/128", b1.ip(true));
+    a1.ns.ip(&["addr", "add", &forged, "dev", "eth0", "nodad"]);
+    assert!(udp_from(&a1.ns, b1.ip(true), a2.ip(true), PORT + 3));
+
+    let lines = follower.lines_within(Duration::from_millis(1500));
+    let text = lines.join("\n");
+    let cross: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains(" cross-tenant "))
+        .collect();
+    let want = format!(" a {}:", a1.ip(false));
+    let to = format!(" -> b {}:{} udp", b1.ip(false), PORT + 3);
+    assert!(!cross.is_empty(), "no cross-tenant drop logged:\n{text}");
+    assert!(
+        cross.iter().all(|l| l.contains(&want) && l.ends_with(&to)),
+        "{text}"
+    );
+    // nft's limit lets a burst of 5 through, then 10 a second.
+    let allowed = 5 + (10.0 * burst_took.as_secs_f64()).ceil() as usize;
+    assert!(
+        cross.len() <= allowed && cross.len() < BURST,
+        "{} of {BURST} logged in {burst_took:?}, at most {allowed} allowed:\n{text}",
+        cross.len()
+    );
+    let spoof = format!(" spoofed       a [{}]:", b1.ip(true));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains(&spoof) && l.contains(" -> a [")),
+        "{text}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains(" cross-tenant ") || l.contains(" spoofed ")),
+        "{text}"
+    );
+
+    // Every one of them was dropped and counted, logged or not.
+    let drops = node.cli(&["drops"]).ok().stdout;
+    let counted = drops
+        .lines()
+        .find(|l| l.starts_with("a ") && l.split_whitespace().nth(1) == Some("b"))
+        .and_then(|l| l.split_whitespace().nth(2)?.parse::<usize>().ok());
+    assert!(counted >= Some(BURST), "{drops}");
+}
+
+#[test]
+fn following_drops_needs_a_log_group() {
+    let node = Node::new(dual_stack_conf("1.1.0"));
+    let out = node.cli(&["drops", "--follow"]);
+    assert!(!out.success);
+    assert!(out.stderr.contains("isolation.logGroup"), "{out:?}");
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! The operator's side of the same binary: `moat project join a b`, `moat pods`, …
 
+mod follow;
 mod report;
 
 use std::io::Read;
@@ -8,6 +9,7 @@ use std::path::{Path, PathBuf};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::cmd::isolation::{load_peers, load_policy, peers_changed, policy_changed, rebuild};
+use crate::firewall::nflog::NflogGroup;
 use crate::firewall::NftFirewall;
 use crate::ipam::DiskStore;
 use crate::lock::StateLock;
@@ -42,7 +44,15 @@ enum Top {
     /// Attached pods with project, tenant and addresses.
     Pods,
     /// Dropped cross-tenant packets by project pair.
-    Drops,
+    Drops {
+        /// Print dropped packets as they are logged instead (needs
+        /// `isolation.logGroup`; at most the log's rate per rule).
+        #[arg(long)]
+        follow: bool,
+        /// With --follow: stop after this many.
+        #[arg(long, requires = "follow")]
+        count: Option<u64>,
+    },
     /// Rebuild the nftables table from persisted state.
     Reconcile,
     /// Pods of other nodes (address → project), kept in step by the node agent.
@@ -99,6 +109,16 @@ fn execute(cli: &Cli) -> Result<String, CniError> {
             .with_details(e.to_string())
     })?;
     let conf = NetConf::parse(&bytes, crate::entry::PLUGIN_TYPE)?;
+    if let Top::Drops {
+        follow: true,
+        count,
+    } = cli.command
+    {
+        // Runs for as long as the operator watches: it must not hold the
+        // lock that every ADD and DEL takes.
+        follow_drops(&conf, count)?;
+        return Ok(String::new());
+    }
     let _lock =
         StateLock::acquire(&conf.state_dir()).map_err(|e| CniError::from_error(Code::Io, &e))?;
     let store =
@@ -114,7 +134,7 @@ fn execute(cli: &Cli) -> Result<String, CniError> {
         }
         Top::Policy => report::policy(&load_policy(&conf)?, &store),
         Top::Pods => report::pods(&load_policy(&conf)?, &store),
-        Top::Drops => report::drops(&conf, &store, &mut fw),
+        Top::Drops { .. } => report::drops(&conf, &store, &mut fw),
         Top::Peers(PeersCmd::List) => report::peers(&load_policy(&conf)?, &load_peers(&conf)?),
         Top::Peers(PeersCmd::Sync { file }) => {
             let peers = read_peers(file)?;
@@ -126,6 +146,25 @@ fn execute(cli: &Cli) -> Result<String, CniError> {
             Ok(format!("table inet {} rebuilt\n", conf.isolation.table))
         }
     }
+}
+
+fn follow_drops(conf: &NetConf, count: Option<u64>) -> Result<(), CniError> {
+    let group = conf.isolation.log_group.ok_or_else(|| {
+        CniError::new(
+            Code::InvalidConfig,
+            "drops --follow reads the NFLOG group that isolation.logGroup names; this network has none",
+        )
+    })?;
+    let mut feed = NflogGroup::bind(group).map_err(|e| CniError::from_error(Code::Firewall, &e))?;
+    eprintln!("moat: following NFLOG group {group}");
+    let mut owners = || {
+        let _lock = StateLock::acquire(&conf.state_dir())
+            .map_err(|e| CniError::from_error(Code::Io, &e))?;
+        let store =
+            DiskStore::open(&conf.state_dir()).map_err(|e| CniError::from_error(Code::Io, &e))?;
+        report::owners(conf, &store)
+    };
+    follow::follow(&mut feed, &mut owners, count, &mut std::io::stdout().lock())
 }
 
 fn read_peers(file: &Path) -> Result<Vec<Peer>, CniError> {

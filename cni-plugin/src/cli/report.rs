@@ -79,19 +79,35 @@ pub fn peers(policy: &Policy, peers: &[Peer]) -> Result<String, CniError> {
     Ok(out)
 }
 
-pub fn drops(conf: &NetConf, store: &DiskStore, fw: &mut NftFirewall) -> Result<String, CniError> {
-    // Peers first: a local pod's record wins for an address both name.
-    let mut owner: BTreeMap<IpAddr, String> = load_peers(conf)?
-        .into_iter()
-        .map(|p| (p.ip, p.project.to_string()))
-        .collect();
-    owner.extend(
-        store
-            .list()
-            .map_err(io)?
+/// Who is who on this node, by project.
+#[derive(Debug, Clone, Default)]
+pub struct Owners {
+    /// Address → project: other nodes' pods, then this node's (a local
+    /// pod's record wins for an address both name).
+    pub addrs: BTreeMap<IpAddr, String>,
+    /// Host veth → its pod's project.
+    pub links: BTreeMap<String, String>,
+}
+
+pub fn owners(conf: &NetConf, store: &DiskStore) -> Result<Owners, CniError> {
+    let mut owners = Owners {
+        addrs: load_peers(conf)?
             .into_iter()
-            .flat_map(|r| r.ips.into_iter().map(move |ip| (ip, r.project.clone()))),
-    );
+            .map(|p| (p.ip, p.project.to_string()))
+            .collect(),
+        links: BTreeMap::new(),
+    };
+    for r in store.list().map_err(io)? {
+        owners.links.insert(r.host_ifname, r.project.clone());
+        owners
+            .addrs
+            .extend(r.ips.into_iter().map(|ip| (ip, r.project.clone())));
+    }
+    Ok(owners)
+}
+
+pub fn drops(conf: &NetConf, store: &DiskStore, fw: &mut NftFirewall) -> Result<String, CniError> {
+    let owner = owners(conf, store)?.addrs;
     let project_of = |ip: &IpAddr| {
         owner
             .get(ip)

@@ -10,20 +10,29 @@ use tracing::{info, warn};
 use crate::firewall::Firewall;
 use crate::ipam::{Attachment, IpStore};
 use crate::policy::diff::{peers_change, policy_change};
+use crate::policy::droplog::LogTarget;
 use crate::policy::epoch::{mark, EpochMark};
 use crate::policy::file::{load, save};
 use crate::policy::peers::{self, Peer};
 use crate::policy::ruleset::{fast_elements, full, pod_change, tenants_with_chains, Groups, Known};
 use crate::policy::{PodEntry, Policy, Project, Role, TableSpec};
-use crate::spec::{CniError, Code, NetConf};
+use crate::spec::{CniError, Code, IsolationConf, NetConf};
 
 pub fn spec(conf: &NetConf) -> TableSpec {
     TableSpec {
         table: conf.isolation.table.clone(),
         cluster_cidrs: cluster_cidrs(conf),
         masquerade: conf.isolation.masquerade,
-        log_drops: conf.isolation.log_drops,
+        log: log_target(&conf.isolation),
         flow_mark_mask: conf.isolation.flow_mark_mask,
+    }
+}
+
+/// A group, if named, wins over the kernel log: one log per drop.
+fn log_target(iso: &IsolationConf) -> Option<LogTarget> {
+    match iso.log_group {
+        Some(group) => Some(LogTarget::Group(group)),
+        None => iso.log_drops.then_some(LogTarget::Kernel),
     }
 }
 

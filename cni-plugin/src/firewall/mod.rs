@@ -4,6 +4,7 @@
 mod drops;
 #[cfg(test)]
 pub mod fake;
+pub mod nflog;
 mod nfnl;
 
 use std::net::IpAddr;

@@ -5,6 +5,7 @@
 
 use serde_json::{json, Value};
 
+use super::droplog::{log_statements, DropKind, LogTarget};
 use super::epoch::{EPOCH_CHAIN, VERIFIED_CHAIN};
 use super::nftjson::{
     concat, counter, ct, in_set, jump, matches, meta, not_in_set, verdict, Batch, Fam, FAMS,
@@ -55,10 +56,10 @@ fn fast_source(f: Fam) -> Vec<Value> {
 /// Every chain but the tenants': they are the same whatever pods and
 /// projects there are.
 pub(super) fn base_chains(b: &mut Batch, spec: &TableSpec) {
-    antispoof_chain(b);
+    antispoof_chain(b, spec.log);
     for f in FAMS {
-        to_pod_chain(b, f, spec.log_drops);
-        from_pod_chain(b, f);
+        to_pod_chain(b, f, spec.log);
+        from_pod_chain(b, f, spec.log);
     }
     b.add_chain("input", Some(("filter", "input", PRIO_FILTER_EARLY)));
     b.add_rule("input", vec![jump(ANTISPOOF)]);
@@ -101,7 +102,7 @@ pub(super) fn base_chains(b: &mut Batch, spec: &TableSpec) {
 /// chain run on every forwarded packet (a spoofed packet still stops before
 /// routing could deliver it: a conntrack entry made for it is never
 /// confirmed, a DNAT keeps its source).
-fn antispoof_chain(b: &mut Batch) {
+fn antispoof_chain(b: &mut Batch, log: Option<LogTarget>) {
     b.add_chain(ANTISPOOF, None);
     // The common case first, in one lookup: a pod's packet with its own address.
     for f in FAMS {
@@ -128,17 +129,34 @@ fn antispoof_chain(b: &mut Batch) {
         );
     }
     for f in FAMS {
-        b.add_rule(
-            ANTISPOOF,
-            vec![
-                nfproto(f),
-                in_set(meta("iifname"), "podif"),
-                not_in_set(concat(vec![meta("iifname"), f.saddr()]), &f.name("podsrc")),
-                counter(),
-                verdict("drop"),
-            ],
-        );
+        let spoofed = vec![
+            nfproto(f),
+            in_set(meta("iifname"), "podif"),
+            not_in_set(concat(vec![meta("iifname"), f.saddr()]), &f.name("podsrc")),
+        ];
+        logged_drop(b, ANTISPOOF, spoofed, counter(), log, DropKind::Spoofed);
     }
+}
+
+/// A drop of what `matching` matches, counted by `count`, after a rule that logs it at
+/// a limited rate when logging is on (`limit` ends the rule it is in once
+/// over the rate, and a verdict must be a rule's last statement: so a rule
+/// of its own, with the same match).
+fn logged_drop(
+    b: &mut Batch,
+    chain: &str,
+    mut matching: Vec<Value>,
+    count: Value,
+    log: Option<LogTarget>,
+    kind: DropKind,
+) {
+    if let Some(target) = log {
+        let mut rule = matching.clone();
+        rule.extend(log_statements(target, kind));
+        b.add_rule(chain, rule);
+    }
+    matching.extend([count, verdict("drop")]);
+    b.add_rule(chain, matching);
 }
 
 /// Pods' packets to anywhere outside the cluster leave with the node's address.
@@ -158,7 +176,7 @@ fn masquerade_chain(b: &mut Batch) {
 }
 
 /// Traffic to a local pod.
-fn to_pod_chain(b: &mut Batch, f: Fam, log: bool) {
+fn to_pod_chain(b: &mut Batch, f: Fam, log: Option<LogTarget>) {
     let chain = f.name("to_pod");
     b.add_chain(&chain, None);
     // The source's project first: a tenant's chain accepts if the
@@ -187,26 +205,10 @@ fn to_pod_chain(b: &mut Batch, f: Fam, log: bool) {
     // yet): cross-tenant, whatever conntrack or a DNAT says. Each has its own
     // meter: two rules cannot share one.
     for (sources, meter) in [("pods", DROP_METERS[0]), ("cluster", DROP_METERS[1])] {
-        if log {
-            // Its own rule: `limit` ends the rule it is in once over the rate,
-            // and a verdict (even a jump) must be the last statement of a rule.
-            b.add_rule(
-                &chain,
-                vec![
-                    in_set(f.saddr(), &f.name(sources)),
-                    json!({"limit": {"rate": 10, "per": "second"}}),
-                    json!({"log": {"prefix": "moat drop: "}}),
-                ],
-            );
-        }
-        b.add_rule(
-            &chain,
-            vec![
-                in_set(f.saddr(), &f.name(sources)),
-                json!({"meter": {"name": f.name(meter), "key": concat(vec![f.saddr(), f.daddr()]), "stmt": counter()}}),
-                verdict("drop"),
-            ],
-        );
+        let pair = concat(vec![f.saddr(), f.daddr()]);
+        let count = json!({"meter": {"name": f.name(meter), "key": pair, "stmt": counter()}});
+        let from = vec![in_set(f.saddr(), &f.name(sources))];
+        logged_drop(b, &chain, from, count, log, DropKind::CrossTenant);
     }
     // From outside: only what a service or NodePort DNAT brought in, and replies.
     b.add_rule(
@@ -227,7 +229,7 @@ fn to_pod_chain(b: &mut Batch, f: Fam, log: bool) {
 }
 
 /// Traffic from a local pod to anything that is not a local pod.
-fn from_pod_chain(b: &mut Batch, f: Fam) {
+fn from_pod_chain(b: &mut Batch, f: Fam, log: Option<LogTarget>) {
     let chain = f.name("from_pod");
     b.add_chain(&chain, None);
     b.add_rule(
@@ -237,13 +239,9 @@ fn from_pod_chain(b: &mut Batch, f: Fam) {
             verdict("accept"),
         ],
     );
-    b.add_rule(
-        &chain,
-        vec![
-            in_set(f.saddr(), &f.name("egress_deny")),
-            not_in_set(f.daddr(), &f.name("cluster")),
-            counter(),
-            verdict("drop"),
-        ],
-    );
+    let leaving = vec![
+        in_set(f.saddr(), &f.name("egress_deny")),
+        not_in_set(f.daddr(), &f.name("cluster")),
+    ];
+    logged_drop(b, &chain, leaving, counter(), log, DropKind::EgressDenied);
 }

@@ -2,6 +2,7 @@
 
 mod chains;
 pub mod diff;
+pub mod droplog;
 pub mod epoch;
 #[cfg(test)]
 mod epoch_tests;

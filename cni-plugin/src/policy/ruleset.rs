@@ -9,6 +9,7 @@ use ipnetwork::IpNetwork;
 use serde_json::{json, Value};
 
 use super::chains::base_chains;
+use super::droplog::LogTarget;
 use super::epoch::mark;
 use super::model::{Policy, Project, Role};
 use super::nftjson::{Batch, Elem, Fam, Verdict, FAMS};
@@ -40,7 +41,8 @@ pub struct TableSpec {
     pub table: String,
     pub cluster_cidrs: Vec<IpNetwork>,
     pub masquerade: bool,
-    pub log_drops: bool,
+    /// Where dropped packets are logged, if anywhere.
+    pub log: Option<LogTarget>,
     /// Conntrack mark bits of the fast path; 0: off.
     pub flow_mark_mask: u32,
 }

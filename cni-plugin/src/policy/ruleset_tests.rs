@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use serde_json::Value;
 
 use super::diff::{peers_change, policy_change};
+use super::droplog::LogTarget;
 use super::model::{Policy, Project};
 use super::nftjson::Elem;
 use super::peers::Peer;
@@ -26,7 +27,7 @@ pub(super) fn spec(log_drops: bool, masquerade: bool) -> TableSpec {
         table: "moat".into(),
         cluster_cidrs: vec!["10.0.0.0/8".parse().unwrap()],
         masquerade,
-        log_drops,
+        log: log_drops.then_some(LogTarget::Kernel),
         flow_mark_mask: 0xff00_0000,
     }
 }
@@ -286,10 +287,12 @@ fn log_drops_adds_a_rate_limited_log_chain_and_masquerade_is_optional() {
     let logged = empty_table(true, true);
     assert!(chains(&logged.cmds).iter().any(|c| c == "postrouting"));
     let rules = logs(&logged);
-    assert_eq!(rules.len(), 4, "local and peer sources, per family");
+    // Per family: local and peer sources, spoofed, egress denied.
+    assert_eq!(rules.len(), 8);
     for expr in rules {
         let stmts = expr.as_array().unwrap();
-        assert!(stmts[1].get("limit").is_some(), "{expr}");
+        let limit = stmts.iter().position(|s| s.get("limit").is_some());
+        assert_eq!(limit, Some(stmts.len() - 2), "limit, then log: {expr}");
         assert!(
             stmts
                 .iter()
@@ -297,6 +300,47 @@ fn log_drops_adds_a_rate_limited_log_chain_and_masquerade_is_optional() {
             "no verdict: {expr}"
         );
     }
+}
+
+/// Each log rule sits right before the drop it logs, with the same match:
+/// a packet is logged (at most at the rate) exactly when it is dropped.
+#[test]
+fn every_log_rule_matches_what_the_next_rule_drops() {
+    let b = full(
+        &TableSpec {
+            log: Some(LogTarget::Group(5)),
+            ..spec(false, true)
+        },
+        &Policy::default(),
+        &[],
+        &[],
+        &Groups::new(),
+        1,
+    );
+    let rules: Vec<(&Value, &Vec<Value>)> = b
+        .cmds
+        .iter()
+        .filter_map(|c| {
+            Some((
+                c.pointer("/add/rule/chain")?,
+                c.pointer("/add/rule/expr")?.as_array()?,
+            ))
+        })
+        .collect();
+    let mut seen = 0;
+    for (i, (chain, expr)) in rules.iter().enumerate() {
+        if !expr.iter().any(|s| s.get("log").is_some()) {
+            continue;
+        }
+        seen += 1;
+        assert_eq!(expr.last().unwrap()["log"]["group"], 5);
+        let (next_chain, next) = rules[i + 1];
+        assert_eq!(*chain, next_chain);
+        let matching = &expr[..expr.len() - 2];
+        assert_eq!(&next[..matching.len()], matching, "{next:?}");
+        assert!(next.last().unwrap().get("drop").is_some(), "{next:?}");
+    }
+    assert_eq!(seen, 8);
 }
 
 #[test]

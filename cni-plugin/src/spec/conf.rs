@@ -42,7 +42,11 @@ pub struct IsolationConf {
     #[serde(rename = "clusterCIDRs")]
     pub cluster_cidrs: Vec<IpNetwork>,
     pub masquerade: bool,
+    /// Log dropped packets (rate-limited) to the kernel log.
     pub log_drops: bool,
+    /// Log them to this NFLOG group instead (`moat drops --follow`, ulogd);
+    /// implies `logDrops`.
+    pub log_group: Option<u16>,
     /// Policy file; defaults to `<dataDir>/<network>/policy.json`. May be a mounted ConfigMap.
     pub policy_file: Option<PathBuf>,
     /// Bits of the conntrack mark that hold the table's epoch: a connection
@@ -64,6 +68,7 @@ impl Default for IsolationConf {
             cluster_cidrs: Vec::new(),
             masquerade: true,
             log_drops: false,
+            log_group: None,
             policy_file: None,
             flow_mark_mask: DEFAULT_FLOW_MARK_MASK,
         }
@@ -290,6 +295,25 @@ fn validate_mark_mask(mask: u32) -> Result<(), CniError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The ConfigMap's conflist is what every node runs: it must parse once
+    /// the install container has filled in the node's ranges.
+    #[test]
+    fn the_deployed_conflist_parses() {
+        let yaml = include_str!("../../../deploy/manifests/10-cni-configmap.yaml");
+        let block: String = yaml
+            .lines()
+            .skip_while(|l| !l.contains("10-moat.conflist: |"))
+            .skip(1)
+            .take_while(|l| l.starts_with("    "))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let mut v: Value = serde_json::from_str(&block).expect("the conflist is JSON");
+        v["plugins"][0]["ipam"]["ranges"] = serde_json::json!([[{"subnet": "10.244.1.0/24"}]]);
+        let c = NetConf::parse(v.to_string().as_bytes(), "moat").unwrap();
+        assert_eq!(c.isolation.log_group, Some(100));
+        assert_eq!(c.isolation.cluster_cidrs.len(), 2);
+    }
 
     const CONF: &str = r#"{"cniVersion":"1.0.0","name":"net","type":"moat",
         "ipam":{"ranges":[[{"subnet":"10.1.0.0/24"}]]}}"#;
