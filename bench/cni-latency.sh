@@ -8,8 +8,9 @@
 #   CNI_REF_DIR (default /usr/lib/cni) holds ptp and host-local.
 #
 # Everything happens in namespaces this script makes and removes: one "node"
-# netns per plugin (moatbench-node-<pid>-moat / -ref) and the pod netns
-# (moatbench-<pid>-{m,r}-*), a temp dir for IPAM/state/logs. The host's root
+# netns per plugin (moatbench-node-<pid>-moat / -ref, and -moat0: a second moat
+# node that stays empty, for ADD@0 in the same rounds as ADD@1000) and the pod
+# netns (moatbench-<pid>-{m,z,r}-*), a temp dir for IPAM/state/logs. The host's root
 # netns is never touched. A trap removes all of it on success, failure or signal.
 set -Eeuo pipefail
 
@@ -45,6 +46,7 @@ mount -t tmpfs -o size=64m,mode=0700 moatbench-run "$RUN"
 TAG=moatbench-$$-
 NODE_MOAT=moatbench-node-$$-moat
 NODE_REF=moatbench-node-$$-ref
+NODE_MOAT0=moatbench-node-$$-moat0  # a second moat node that stays empty
 helper_pid=""
 
 cleanup() {
@@ -58,15 +60,15 @@ cleanup() {
     kill -TERM "$helper_pid"; sleep 0.5; kill -KILL "$helper_pid" 2>/dev/null
     wait "$helper_pid" 2>/dev/null
   fi
-  # every netns of ours: the two node netns and the pod netns, nothing else
+  # every netns of ours: the node netns and the pod netns, nothing else
   local ours
   ours=$(ip netns list | awk '{print $1}' | grep -E "^(${TAG}|moatbench-node-$$-)" || true)
   if [[ -n $ours ]]; then
     log "removing $(wc -l <<<"$ours") network namespaces"
     sed 's/^/netns delete /' <<<"$ours" | ip -force -batch - 2>/dev/null
   fi
-  if ((rc != 0)) && [[ -s $T/moat.log ]]; then
-    log "last lines of moat's log:"; tail -n 20 "$T/moat.log" >&2
+  if ((rc != 0)) && [[ -s $T/moatbench.log ]]; then
+    log "last lines of moat's log:"; tail -n 20 "$T/moatbench.log" >&2
   fi
   umount "$RUN" 2>/dev/null
   rm -rf "$T" "$RUN"
@@ -84,7 +86,8 @@ args=(--tmp "$T" --run-dir "$RUN" --tag "$TAG" --ref-dir "$REF_DIR" --ref-node "
       --samples "$SAMPLES" --pods "$PODS" --concurrency "$CONC" --rounds "$ROUNDS")
 if ((!REF_ONLY)); then
   node_netns "$NODE_MOAT"
-  args+=(--moat "$MOAT_BIN" --moat-node "/run/netns/$NODE_MOAT")
+  node_netns "$NODE_MOAT0"
+  args+=(--moat "$MOAT_BIN" --moat-node "/run/netns/$NODE_MOAT" --moat0-node "/run/netns/$NODE_MOAT0")
 fi
 [[ -n $JSON ]] && args+=(--json "$JSON")
 

@@ -122,11 +122,12 @@ fn drops_are_logged_to_an_nflog_group_at_a_limited_rate() {
     let mut conf = dual_stack_conf("1.1.0");
     conf["isolation"]["logGroup"] = 9.into();
     let node = Node::new(conf);
-    let pods = attach(&node, &["a", "b", "a"]);
-    let (a1, b1, a2) = (&pods[0], &pods[1], &pods[2]);
+    // Started first: it must learn the pods attached after it.
     let follower = &mut node.cli_running(&["drops", "--follow"]);
     let ready = follower.stderr_line();
     assert!(ready.contains("following NFLOG group 9"), "{ready}");
+    let pods = attach(&node, &["a", "b", "a"]);
+    let (a1, b1, a2) = (&pods[0], &pods[1], &pods[2]);
 
     let started = Instant::now();
     for _ in 0..BURST {

@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
@@ -12,8 +13,9 @@ use crate::firewall::nflog::{Delivery, DropFeed, LoggedPacket};
 use crate::policy::droplog::DropKind;
 use crate::spec::{CniError, Code};
 
-/// An address the owners do not name sends us back to the store at most
-/// this often: a flood from a pod that is gone must not rescan it per packet.
+/// An address the owners do not name, with the state unchanged, sends us
+/// back to the store at most this often: a flood from a pod that is gone, or
+/// from outside the cluster, must not rescan it per packet.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
 
 /// What a log line says of a packet.
@@ -102,26 +104,58 @@ pub fn line(
     )
 }
 
-/// Print logged drops until `count` were printed (forever without one).
-/// `owners` reads address → project afresh from the node's state.
-pub fn follow(
-    feed: &mut dyn DropFeed,
-    owners: &mut dyn FnMut() -> Result<Owners, CniError>,
-    count: Option<u64>,
-    out: &mut dyn Write,
-) -> Result<(), CniError> {
-    follow_refreshing(feed, owners, count, out, REFRESH_EVERY)
+/// Who owns which address and veth.
+pub trait OwnerSource {
+    /// The owners as the node's state has them now; `missing`: the caller
+    /// met an address or veth the last answer did not name.
+    fn owners(&mut self, missing: bool) -> Result<&Owners, CniError>;
 }
 
-fn follow_refreshing(
+/// Owners read from the node's state, read again when the watched paths
+/// changed (every ADD and DEL changes the records directory, a peers sync
+/// the peers file) or, for a name still missing, once a second passed
+/// (modification times are coarse).
+pub struct StateOwners<L> {
+    load: L,
+    watched: Vec<PathBuf>,
+    stamp: Option<Vec<Option<SystemTime>>>,
+    loaded_at: Instant,
+    owners: Owners,
+}
+
+impl<L: FnMut() -> Result<Owners, CniError>> StateOwners<L> {
+    pub fn new(load: L, watched: Vec<PathBuf>) -> Self {
+        Self {
+            load,
+            watched,
+            stamp: None,
+            loaded_at: Instant::now(),
+            owners: Owners::default(),
+        }
+    }
+}
+
+impl<L: FnMut() -> Result<Owners, CniError>> OwnerSource for StateOwners<L> {
+    fn owners(&mut self, missing: bool) -> Result<&Owners, CniError> {
+        let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let stamp: Vec<_> = self.watched.iter().map(modified).collect();
+        let changed = self.stamp.as_ref() != Some(&stamp);
+        if changed || (missing && self.loaded_at.elapsed() >= REFRESH_EVERY) {
+            self.owners = (self.load)()?;
+            self.stamp = Some(stamp);
+            self.loaded_at = Instant::now();
+        }
+        Ok(&self.owners)
+    }
+}
+
+/// Print logged drops until `count` were printed (forever without one).
+pub fn follow(
     feed: &mut dyn DropFeed,
-    owners: &mut dyn FnMut() -> Result<Owners, CniError>,
+    source: &mut dyn OwnerSource,
     count: Option<u64>,
     out: &mut dyn Write,
-    refresh_every: Duration,
 ) -> Result<(), CniError> {
-    let mut known = owners()?;
-    let mut refreshed = Instant::now();
     let mut printed = 0;
     let write_err = |e: std::io::Error| CniError::from_error(Code::Io, &e);
     while count != Some(printed) {
@@ -145,14 +179,15 @@ fn follow_refreshing(
                 continue;
             };
             let indev = indev.as_deref();
-            let unknown =
-                sender(&known, indev, &flow.src).is_none() || !known.addrs.contains_key(&flow.dst);
-            if unknown && refreshed.elapsed() >= refresh_every {
-                known = owners()?;
-                refreshed = Instant::now();
+            let names = |o: &Owners| {
+                sender(o, indev, &flow.src).is_some() && o.addrs.contains_key(&flow.dst)
+            };
+            let mut known = source.owners(false)?;
+            if !names(known) {
+                known = source.owners(true)?;
             }
             let kind = DropKind::from_prefix(&prefix);
-            let text = line(SystemTime::now(), kind, &flow, indev, &known);
+            let text = line(SystemTime::now(), kind, &flow, indev, known);
             writeln!(out, "{text}").map_err(write_err)?;
             printed += 1;
             if count == Some(printed) {

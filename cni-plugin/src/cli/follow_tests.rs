@@ -3,6 +3,8 @@
 use std::collections::VecDeque;
 use std::time::UNIX_EPOCH;
 
+use crate::spec::CniError;
+
 use etherparse::PacketBuilder;
 
 use super::*;
@@ -134,12 +136,13 @@ fn follows_until_the_count_and_reports_lost_messages() {
     ]));
     let mut reads = 0;
     let mut out = Vec::new();
+    let load = || {
+        reads += 1;
+        Ok(owners())
+    };
     follow(
         &mut feed,
-        &mut || {
-            reads += 1;
-            Ok(owners())
-        },
+        &mut StateOwners::new(load, vec![]),
         Some(3),
         &mut out,
     )
@@ -161,48 +164,98 @@ fn follows_until_the_count_and_reports_lost_messages() {
     assert_eq!(reads, 1, "every address was known: the store is read once");
 }
 
+/// Answers from a fixed map, noting whether the follower said a name was missing.
+struct Asked {
+    owners: Owners,
+    missing: Vec<bool>,
+}
+
+impl OwnerSource for Asked {
+    fn owners(&mut self, missing: bool) -> Result<&Owners, CniError> {
+        self.missing.push(missing);
+        if missing {
+            self.owners
+                .addrs
+                .insert("10.1.0.7".parse().unwrap(), "newcomer".into());
+        }
+        Ok(&self.owners)
+    }
+}
+
 #[test]
-fn an_unknown_address_rereads_the_store_but_not_at_every_packet() {
+fn an_unknown_address_asks_the_source_again() {
     let stranger = udp4([10, 1, 0, 7], [10, 1, 0, 5]);
-    let run = |every: Duration| {
-        let mut feed = Fake(VecDeque::from([Ok(Delivery::Packets(vec![
-            logged(DropKind::CrossTenant, stranger.clone()),
-            logged(DropKind::CrossTenant, stranger.clone()),
-        ]))]));
-        let mut reads = 0;
-        let mut out = Vec::new();
-        let mut read = || {
-            reads += 1;
-            let mut o = owners();
-            if reads > 1 {
-                o.addrs
-                    .insert("10.1.0.7".parse().unwrap(), "newcomer".into());
-            }
-            Ok(o)
-        };
-        follow_refreshing(&mut feed, &mut read, Some(2), &mut out, every).unwrap();
-        (reads, String::from_utf8(out).unwrap())
+    let mut feed = Fake(VecDeque::from([Ok(Delivery::Packets(vec![
+        logged(DropKind::CrossTenant, udp4([10, 1, 0, 2], [10, 1, 0, 5])),
+        logged(DropKind::CrossTenant, stranger.clone()),
+        logged(DropKind::CrossTenant, stranger),
+    ]))]));
+    let mut source = Asked {
+        owners: owners(),
+        missing: vec![],
     };
-    let (reads, text) = run(Duration::ZERO);
-    assert_eq!(reads, 2, "read again for the newcomer, then it is known");
+    let mut out = Vec::new();
+    follow(&mut feed, &mut source, Some(3), &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
     assert_eq!(
         text.matches("newcomer 10.1.0.7:40000 -> bank").count(),
         2,
         "{text}"
     );
-    let (reads, text) = run(Duration::from_secs(3600));
-    assert_eq!(reads, 1, "not again within the interval");
     assert_eq!(
-        text.matches(" - 10.1.0.7:40000 -> bank").count(),
-        2,
-        "{text}"
+        source.missing,
+        [false, false, true, false],
+        "asked again once, then known"
     );
+}
+
+#[test]
+fn state_owners_reload_when_the_state_changes_or_a_name_stays_missing() {
+    let tmp = tempfile::Builder::new()
+        .prefix("moat-owners-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path();
+    let file = dir.join("records");
+    std::fs::write(&file, "").unwrap();
+    let loads = std::cell::Cell::new(0);
+    let load = || {
+        loads.set(loads.get() + 1);
+        Ok(owners())
+    };
+    let mut src = StateOwners::new(load, vec![file.clone(), dir.join("absent")]);
+    src.owners(false).unwrap();
+    src.owners(false).unwrap();
+    src.owners(true).unwrap();
+    assert_eq!(
+        loads.get(),
+        1,
+        "unchanged, and missing only just after a load"
+    );
+
+    let later = SystemTime::now() + Duration::from_secs(5);
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    src.owners(false).unwrap();
+    assert_eq!(loads.get(), 2, "the records changed");
+
+    src.loaded_at = Instant::now() - REFRESH_EVERY;
+    src.owners(false).unwrap();
+    assert_eq!(loads.get(), 2, "nothing missing: no reason to read");
+    src.owners(true).unwrap();
+    assert_eq!(loads.get(), 3, "a name still missing a second later");
+    tmp.close().unwrap();
 }
 
 #[test]
 fn a_feed_error_ends_the_follow() {
     let mut feed = Fake(VecDeque::from([Err(NflogError::Decode("bad".into()))]));
-    let err = follow(&mut feed, &mut || Ok(owners()), None, &mut Vec::new()).unwrap_err();
+    let mut source = StateOwners::new(|| Ok(owners()), vec![]);
+    let err = follow(&mut feed, &mut source, None, &mut Vec::new()).unwrap_err();
     assert!(
         err.to_string().contains("bad") || format!("{err:?}").contains("bad"),
         "{err:?}"

@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::cmd::isolation::{load_peers, load_policy, peers_changed, policy_changed, rebuild};
+use crate::cmd::isolation::{
+    load_peers, load_policy, peers_changed, peers_path, policy_changed, rebuild,
+};
 use crate::firewall::nflog::NflogGroup;
 use crate::firewall::NftFirewall;
 use crate::ipam::DiskStore;
@@ -157,13 +159,14 @@ fn follow_drops(conf: &NetConf, count: Option<u64>) -> Result<(), CniError> {
     })?;
     let mut feed = NflogGroup::bind(group).map_err(|e| CniError::from_error(Code::Firewall, &e))?;
     eprintln!("moat: following NFLOG group {group}");
-    let mut owners = || {
-        let _lock = StateLock::acquire(&conf.state_dir())
-            .map_err(|e| CniError::from_error(Code::Io, &e))?;
-        let store =
-            DiskStore::open(&conf.state_dir()).map_err(|e| CniError::from_error(Code::Io, &e))?;
+    let state = conf.state_dir();
+    let load = || {
+        let _lock = StateLock::acquire(&state).map_err(|e| CniError::from_error(Code::Io, &e))?;
+        let store = DiskStore::open(&state).map_err(|e| CniError::from_error(Code::Io, &e))?;
         report::owners(conf, &store)
     };
+    let watched = vec![DiskStore::records_dir(&state), peers_path(conf)];
+    let mut owners = follow::StateOwners::new(load, watched);
     follow::follow(&mut feed, &mut owners, count, &mut std::io::stdout().lock())
 }
 

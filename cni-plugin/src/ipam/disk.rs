@@ -28,11 +28,17 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Sto
 }
 
 impl DiskStore {
+    /// Where the attachment records are: every ADD and DEL changes this
+    /// directory, so its modification time tells a reader the pods changed.
+    pub fn records_dir(state_dir: &Path) -> PathBuf {
+        state_dir.join("attachments")
+    }
+
     /// Open (creating if needed) the store under a network's state directory.
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
         let store = Self {
             ips: state_dir.join("ips"),
-            records: state_dir.join("attachments"),
+            records: Self::records_dir(state_dir),
             last: state_dir.join("last"),
         };
         // Made together, `last` last: if it exists, so do the others (one
@@ -267,28 +273,35 @@ mod tests {
     /// name, with or without the record.
     #[test]
     fn remove_takes_a_crashed_writers_temp_along() {
-        let dir = std::env::temp_dir().join(format!("moat-disk-tmp-{}", std::process::id()));
-        let mut s = DiskStore::open(&dir).unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("moat-disk-")
+            .tempdir()
+            .unwrap();
+        let mut s = DiskStore::open(dir.path()).unwrap();
         let r = record("c9", &["10.0.0.9"]);
-        let tmp = s
+        let torn = s
             .records
             .join(temp_name(&format!("{}.json", r.key.file_stem())));
         for with_record in [true, false] {
             if with_record {
                 s.put(&r).unwrap();
             }
-            fs::write(&tmp, b"{\"torn").unwrap();
+            fs::write(&torn, b"{\"torn").unwrap();
             assert_eq!(s.remove(&r.key).unwrap().is_some(), with_record);
-            assert!(!tmp.exists(), "with_record={with_record}");
+            assert!(!torn.exists(), "with_record={with_record}");
         }
         assert!(s.list().unwrap().is_empty());
-        let _ = fs::remove_dir_all(&dir);
+        dir.close().unwrap();
     }
 
     #[test]
     fn put_get_remove_and_orphans() {
-        let dir = std::env::temp_dir().join(format!("moat-disk-test-{}", std::process::id()));
-        let mut s = DiskStore::open(&dir).unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("moat-disk-")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path();
+        let mut s = DiskStore::open(dir).unwrap();
         let r = Attachment {
             complete: false,
             ..record("c1", &["10.0.0.2", "fd00::2"])
@@ -330,6 +343,6 @@ mod tests {
         assert_eq!(s.remove(&r.key).unwrap().unwrap(), r);
         assert!(s.remove(&r.key).unwrap().is_none());
         assert!(s.reserved().unwrap().is_empty());
-        fs::remove_dir_all(&dir).unwrap();
+        tmp.close().unwrap();
     }
 }

@@ -57,7 +57,7 @@ fn publish_and_unpublish_reuse_one_table_file() {
     let c = publication("/t/c");
     s.add_publication(&c).unwrap();
     // c took a's freed slot: the file did not grow.
-    assert_eq!(table_bytes(&dir).len(), 2 * SLOT);
+    assert_eq!(table_bytes(dir.path()).len(), 2 * SLOT);
     assert_eq!(s.publications("vol-1").unwrap(), vec![c.clone(), b.clone()]);
     assert_eq!(s.node_publications("node-a").unwrap().len(), 2);
     assert!(s.node_publications("node-b").unwrap().is_empty());
@@ -66,7 +66,7 @@ fn publish_and_unpublish_reuse_one_table_file() {
     s.remove_publication("vol-2", "node-a", "/t/a").unwrap();
     s.remove_pub_table("vol-1").unwrap();
     assert!(s.publications("vol-1").unwrap().is_empty());
-    fs::remove_dir_all(dir).unwrap();
+    dir.close().unwrap();
 }
 
 #[test]
@@ -90,7 +90,7 @@ fn adding_an_existing_publication_replaces_it_also_when_its_size_changes() {
     let left = s.publications("vol-1").unwrap();
     assert_eq!(left.len(), 2);
     assert_eq!(left[1], p);
-    fs::remove_dir_all(dir).unwrap();
+    dir.close().unwrap();
 }
 
 #[test]
@@ -99,9 +99,9 @@ fn a_torn_publication_is_skipped_by_readers_and_freed_by_reconcile() {
     let good = publication("/t/good");
     s.add_publication(&good).unwrap();
     // What a publish killed in the middle of its write leaves.
-    let path = dir.join("pubs").join("vol-1.tab");
+    let path = dir.path().join("pubs").join("vol-1.tab");
     let torn = encode(&publication("/t/torn"));
-    let mut bytes = table_bytes(&dir);
+    let mut bytes = table_bytes(dir.path());
     bytes.extend(&torn[..40]);
     bytes.resize(2 * SLOT, 0);
     fs::write(&path, &bytes).unwrap();
@@ -110,5 +110,5 @@ fn a_torn_publication_is_skipped_by_readers_and_freed_by_reconcile() {
     assert_eq!(s.remove_torn_publications().unwrap(), 1);
     assert_eq!(s.remove_torn_publications().unwrap(), 0);
     assert_eq!(s.publications("vol-1").unwrap(), vec![good]);
-    fs::remove_dir_all(dir).unwrap();
+    dir.close().unwrap();
 }

@@ -12,14 +12,13 @@ pub(super) fn publication(target: &str) -> NodePublication {
     }
 }
 
-pub(super) fn store() -> (Store, PathBuf) {
-    let dir = std::env::temp_dir().join(format!(
-        "moat-csi-state-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let _ = fs::remove_dir_all(&dir);
-    (Store::open(&dir).unwrap(), dir)
+/// A store in a directory of its own, removed when the test ends, passed or not.
+pub(super) fn store() -> (Store, tempfile::TempDir) {
+    let dir = tempfile::Builder::new()
+        .prefix("moat-csi-state-")
+        .tempdir()
+        .unwrap();
+    (Store::open(dir.path()).unwrap(), dir)
 }
 
 /// The threads share one open lock file, which flock cannot tell apart: the
@@ -28,8 +27,8 @@ pub(super) fn store() -> (Store, PathBuf) {
 #[test]
 fn the_lock_serialises_threads_of_one_store_and_two_stores() {
     let (s, dir) = store();
-    let other = Store::open(&dir).unwrap();
-    let counter = dir.join("counter");
+    let other = Store::open(dir.path()).unwrap();
+    let counter = dir.path().join("counter");
     fs::write(&counter, "0").unwrap();
     std::thread::scope(|scope| {
         for i in 0..8 {
@@ -45,5 +44,4 @@ fn the_lock_serialises_threads_of_one_store_and_two_stores() {
         }
     });
     assert_eq!(fs::read_to_string(&counter).unwrap(), "400");
-    let _ = fs::remove_dir_all(&dir);
 }

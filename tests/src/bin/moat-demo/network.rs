@@ -2,11 +2,15 @@
 //! truth table before and after live policy changes, then a clean teardown.
 
 use std::io::Write;
+use std::time::Duration;
 
 use anyhow::{ensure, Result};
 use moat_e2e::cni::{attach, dual_stack_conf, Node, Pod};
 use moat_e2e::probe::{echo_on, serve, tcp_connect};
 use moat_e2e::truth::{mismatches, probe_all, render, Endpoint, Expect};
+
+/// NFLOG group of the node's drop log (groups are per network namespace).
+const LOG_GROUP: u16 = 7;
 
 const PODS: [(&str, &str); 6] = [
     ("shop1", "shop"),
@@ -22,7 +26,12 @@ pub fn run(out: &mut dyn Write) -> Result<()> {
         out,
         "== Network: one node (a netns), pods as netns, wired by the `moat` CNI binary =="
     )?;
-    let node = Node::new(dual_stack_conf("1.1.0"));
+    let mut conf = dual_stack_conf("1.1.0");
+    conf["isolation"]["logGroup"] = LOG_GROUP.into();
+    let node = Node::new(conf);
+    let mut follower = node.cli_running(&["drops", "--follow"]);
+    let ready = follower.stderr_line();
+    ensure!(ready.contains("following"), "moat drops --follow: {ready}");
     let projects: Vec<&str> = PODS.iter().map(|(_, p)| *p).collect();
     let pods = attach(&node, &projects);
     for p in &pods {
@@ -81,6 +90,20 @@ pub fn run(out: &mut dyn Write) -> Result<()> {
         "$ moat drops   (dropped cross-tenant packets, per project pair)"
     )?;
     writeln!(out, "{}", node.cli(&["drops"]).ok().stdout)?;
+    let logged = follower.lines_within(Duration::from_millis(300));
+    drop(follower);
+    writeln!(
+        out,
+        "$ moat drops --follow   (running since the start; each drop logged, at most 10/s per rule)"
+    )?;
+    for line in logged.iter().take(6) {
+        writeln!(out, "{line}")?;
+    }
+    writeln!(out, "… {} lines in all\n", logged.len())?;
+    ensure!(
+        logged.iter().any(|l| l.contains(" cross-tenant ")),
+        "no drop was logged"
+    );
     teardown(out, &node, pods)?;
     ensure!(wrong == 0, "{wrong} probes differed from the policy");
     Ok(())
