@@ -126,6 +126,11 @@ fn drops_are_logged_to_an_nflog_group_at_a_limited_rate() {
     let follower = &mut node.cli_running(&["drops", "--follow"]);
     let ready = follower.stderr_line();
     assert!(ready.contains("following NFLOG group 9"), "{ready}");
+    let second = node.cli(&["drops", "--follow", "--count", "1"]);
+    assert!(
+        !second.success && second.stderr.contains("another listener"),
+        "{second:?}"
+    );
     let pods = attach(&node, &["a", "b", "a"]);
     let (a1, b1, a2) = (&pods[0], &pods[1], &pods[2]);
 

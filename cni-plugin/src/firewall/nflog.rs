@@ -15,8 +15,8 @@ use crate::netlink::socket::connected;
 pub enum NflogError {
     #[error("cannot open a netfilter netlink socket")]
     Open(#[source] std::io::Error),
-    #[error("NFLOG group {group} already has a listener in this network namespace (ulogd, or another `moat drops --follow`)")]
-    Busy { group: u16 },
+    #[error("NFLOG group {group} is taken: another listener in this network namespace has it (ulogd, another `moat drops --follow`), or this process lacks CAP_NET_ADMIN")]
+    Taken { group: u16 },
     #[error("cannot bind NFLOG group {group}")]
     Bind {
         group: u16,
@@ -96,8 +96,10 @@ impl NflogGroup {
         match answer.payload {
             NetlinkPayload::Error(e) => match e.code {
                 None => Ok(me),
-                Some(_) if e.to_io().raw_os_error() == Some(libc::EBUSY) => {
-                    Err(NflogError::Busy { group })
+                // The kernel's answer when another socket holds the group
+                // (and to a process without the capability).
+                Some(_) if e.to_io().raw_os_error() == Some(libc::EPERM) => {
+                    Err(NflogError::Taken { group })
                 }
                 Some(_) => Err(bind_err(e.to_io())),
             },
