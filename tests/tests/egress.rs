@@ -75,7 +75,11 @@ fn seen_from(ns: &Netns, dst: &str) -> Option<IpAddr> {
 
 #[test]
 fn egress_is_masqueraded_and_egress_deny_is_per_project() {
-    let node = Node::new(dual_stack_conf("1.1.0"));
+    let mut conf = dual_stack_conf("1.1.0");
+    conf["isolation"]["logGroup"] = 3.into();
+    let node = Node::new(conf);
+    let follower = &mut node.cli_running(&["drops", "--follow"]);
+    assert!(follower.stderr_line().contains("following"));
     let ext = outside(&node);
     let pods = attach(&node, &["a", "b"]);
     for (dst, node_addr) in [("192.0.2.2", "192.0.2.1"), ("2001:db8::2", "2001:db8::1")] {
@@ -103,6 +107,17 @@ fn egress_is_masqueraded_and_egress_deny_is_per_project() {
         reach(&pods[0].ns, Node::node_ip(false), Proto::Icmp),
         "egress deny does not cut the node"
     );
+    let logged = follower.lines_within(Duration::from_millis(500));
+    for dst in ["192.0.2.2:8080", "[2001:db8::2]:8080"] {
+        let denied = format!(" -> - {dst} tcp");
+        assert!(
+            logged
+                .iter()
+                .any(|l| l.contains("egress-denied a ") && l.ends_with(&denied)),
+            "no egress-denied line for a -> {dst}:\n{}",
+            logged.join("\n")
+        );
+    }
     node.cli(&["project", "egress", "allow", "a"]).ok();
     assert!(
         seen_from(&pods[0].ns, "192.0.2.2").is_some(),
