@@ -169,6 +169,24 @@ impl Node {
         }
     }
 
+    /// An nft script run in the node netns (a test's stand-in for
+    /// kube-proxy or an admin, in a table of its own), asserting it loaded.
+    pub fn nft_script(&self, rules: &str) {
+        let mut nft = self
+            .ns
+            .exec("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("run nft");
+        nft.stdin
+            .take()
+            .unwrap()
+            .write_all(rules.as_bytes())
+            .unwrap();
+        assert!(nft.wait().unwrap().success(), "nft refused: {rules}");
+    }
+
     /// `nft -j list table inet <table>` in the node netns.
     pub fn nft_table(&self) -> Option<Value> {
         let table = self.conf["isolation"]["table"].as_str().unwrap_or("moat");

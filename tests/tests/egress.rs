@@ -138,19 +138,7 @@ fn from_outside_only_nodeport_dnat_reaches_a_pod() {
         "table ip nodeport-test {{ chain pre {{ type nat hook prerouting priority dstnat; \
          ip daddr 192.0.2.1 tcp dport 30080 dnat to {pod_ip}:{PORT}; }}; }}"
     );
-    let mut nft = node
-        .ns
-        .exec("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    nft.stdin
-        .take()
-        .unwrap()
-        .write_all(rules.as_bytes())
-        .unwrap();
-    assert!(nft.wait().unwrap().success());
+    node.nft_script(&rules);
 
     let echo = |dst: SocketAddr| {
         ext.run(|| {

@@ -230,6 +230,37 @@ fn forged_source_addresses_are_dropped() {
     }
 }
 
+/// nftables runs every table's base chains at a hook: an accept ends only
+/// its own chain, a drop ends the packet. An admin's or kube-proxy's accept,
+/// before or after our chain, must not let cross-tenant traffic through.
+#[test]
+fn an_accept_in_another_table_does_not_undo_our_drop() {
+    let node = Node::new(dual_stack_conf("1.1.0"));
+    let pods = attach(&node, &["a", "b", "a"]);
+    for p in &pods {
+        serve(&p.ns);
+    }
+    node.nft_script(
+        "table inet admin-test { \
+           chain early { type filter hook forward priority -100; policy accept; accept; }; \
+           chain late { type filter hook forward priority 100; policy accept; accept; }; }; \
+         table ip kubeproxy-filter-test { \
+           chain kpforward { type filter hook forward priority filter; ct state established,related accept; accept; }; }",
+    );
+    for v6 in [false, true] {
+        for proto in [Proto::Tcp, Proto::Udp, Proto::Icmp] {
+            assert!(
+                !reach(&pods[0].ns, pods[1].ip(v6), proto),
+                "a → b {proto:?} v6={v6}"
+            );
+            assert!(
+                reach(&pods[0].ns, pods[2].ip(v6), proto),
+                "a → a {proto:?} v6={v6}"
+            );
+        }
+    }
+}
+
 #[test]
 fn service_dnat_to_another_project_is_dropped_and_to_the_same_passes() {
     let node = Node::new(dual_stack_conf("1.1.0"));
@@ -246,18 +277,7 @@ fn service_dnat_to_another_project_is_dropped_and_to_the_same_passes() {
         a = pods[1].ip(false),
         self_ = pods[0].ip(false),
     );
-    let out = node
-        .ns
-        .exec("nft")
-        .args(["-f", "-"])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .and_then(|mut c| {
-            use std::io::Write;
-            c.stdin.take().unwrap().write_all(rules.as_bytes())?;
-            c.wait_with_output()
-        });
-    assert!(out.unwrap().status.success());
+    node.nft_script(&rules);
     let via = |vip: &str| {
         pods[0].ns.run(|| {
             std::net::TcpStream::connect_timeout(
