@@ -187,6 +187,41 @@ fn drops_are_logged_to_an_nflog_group_at_a_limited_rate() {
     assert!(counted >= Some(BURST), "{drops}");
 }
 
+/// Table-wide settings live in the rules: turned on in the network config,
+/// logging reaches the running table at the next ADD.
+#[test]
+fn logging_turned_on_in_the_config_applies_at_the_next_add() {
+    let mut node = Node::new(dual_stack_conf("1.1.0"));
+    let pods = attach(&node, &["a", "b"]);
+    node.conf["isolation"]["logGroup"] = 6.into();
+    let follower = &mut node.cli_running(&["drops", "--follow"]);
+    assert!(follower.stderr_line().contains("following"));
+    assert!(udp_from(
+        &pods[0].ns,
+        pods[0].ip(false),
+        pods[1].ip(false),
+        PORT + 4
+    ));
+    assert!(
+        follower.lines_within(Duration::from_millis(300)).is_empty(),
+        "the table was built without logging"
+    );
+    attach(&node, &["c"]);
+    assert!(udp_from(
+        &pods[0].ns,
+        pods[0].ip(false),
+        pods[1].ip(false),
+        PORT + 4
+    ));
+    let lines = follower.lines_within(Duration::from_millis(1000));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("cross-tenant  a ") && l.contains(" -> b ")),
+        "{lines:?}"
+    );
+}
+
 #[test]
 fn following_drops_needs_a_log_group() {
     let node = Node::new(dual_stack_conf("1.1.0"));

@@ -123,6 +123,19 @@ struct Built {
     chains: BTreeSet<Project>,
     /// Groups with an element in the group map.
     mapped: BTreeSet<u32>,
+    /// The table-wide settings it was built with ([`settings`]).
+    #[serde(default)]
+    settings: String,
+}
+
+/// The network config's table-wide settings (log target, masquerade,
+/// cluster ranges, flow-mark bits, table), comparable. Built into the rules
+/// rather than the elements, so a table built with others is rebuilt at the
+/// next change: an operator who turns logging on in the conflist sees it at
+/// the next ADD or DEL, not only after `moat reconcile`. (Its Debug form: a
+/// new Rust that prints it differently costs one rebuild.)
+fn settings(conf: &NetConf) -> String {
+    format!("{:?}", spec(conf))
 }
 
 const LAYOUT: &str = "layout.json";
@@ -131,7 +144,12 @@ const LAYOUT: &str = "layout.json";
 /// the ones live veths carry) with nothing known to be built.
 fn load_layout<S: IpStore>(conf: &NetConf, store: &S) -> Result<Layout, CniError> {
     if let Ok(bytes) = std::fs::read(conf.state_dir().join(LAYOUT)) {
-        if let Ok(layout) = serde_json::from_slice(&bytes) {
+        if let Ok(mut layout) = serde_json::from_slice::<Layout>(&bytes) {
+            let now = settings(conf);
+            if layout.built.as_ref().is_some_and(|b| b.settings != now) {
+                info!(settings = %now, "the table was built with other settings: rebuilding it");
+                layout.built = None;
+            }
             return Ok(layout);
         }
     }
@@ -223,6 +241,7 @@ pub fn rebuild<S: IpStore, F: Firewall>(
     layout.built = Some(Built {
         chains: tenants_with_chains(policy, &pods, &peers, groups),
         mapped,
+        settings: settings(conf),
     });
     // Best effort: a lost file costs a rebuild, not correctness.
     if let Err(e) = save_layout(conf, &layout) {

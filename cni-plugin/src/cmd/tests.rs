@@ -156,6 +156,42 @@ fn add_keys_the_fast_path_by_the_wired_veth_and_del_removes_it() {
     );
 }
 
+/// Settings that shape the rules (here: logging turned on in the conflist)
+/// reach a running table at the next ADD, by a rebuild; unchanged ones do not
+/// cost one.
+#[test]
+fn a_changed_table_setting_rebuilds_at_the_next_add() {
+    let plain = conf(json!({}));
+    let logged = NetConf {
+        isolation: crate::spec::IsolationConf {
+            log_group: Some(4),
+            ..plain.isolation.clone()
+        },
+        ..plain.clone()
+    };
+    let mut w = World::default();
+    w.run(&plain, &inv("ADD", "c1")).unwrap();
+    w.run(&plain, &inv("ADD", "c2")).unwrap();
+    w.run(&logged, &inv("ADD", "c3")).unwrap();
+    w.run(&logged, &inv("ADD", "c4")).unwrap();
+    let kinds: Vec<_> = w.fw.applied.iter().map(|(what, _)| *what).collect();
+    assert_eq!(
+        kinds,
+        [
+            "rebuild",
+            "pod wired",
+            "pod add",
+            "pod wired",
+            "rebuild",
+            "pod wired",
+            "pod add",
+            "pod wired"
+        ]
+    );
+    let rebuilt = w.fw.applied[4].1.to_string();
+    assert!(rebuilt.contains(r#""group":4"#), "{rebuilt}");
+}
+
 #[test]
 fn isolation_can_be_disabled() {
     let conf = conf(json!({"isolation": {"enabled": false}}));
