@@ -38,10 +38,16 @@ fn log_target(iso: &IsolationConf) -> Option<LogTarget> {
 
 /// Without explicit cluster CIDRs, the node's own pod ranges are the cluster:
 /// otherwise a pod's traffic to a pod of another node would count as egress and
-/// be masqueraded past the tenant check.
+/// be masqueraded past the tenant check (to the other node it would then come
+/// from the node, which every pod may reach). Ranges that came from the
+/// runtime (`ipRanges`) reach ADD and DEL but not the CLI or a GC: those use
+/// the ranges the last rebuild that had them recorded.
 fn cluster_cidrs(conf: &NetConf) -> Vec<ipnetwork::IpNetwork> {
     if !conf.isolation.cluster_cidrs.is_empty() {
         return conf.isolation.cluster_cidrs.clone();
+    }
+    if conf.ranges.is_empty() {
+        return recorded_cluster(conf);
     }
     let mut cidrs: Vec<_> = conf
         .ranges
@@ -57,6 +63,30 @@ fn cluster_cidrs(conf: &NetConf) -> Vec<ipnetwork::IpNetwork> {
             .any(|d| d.prefix() < c.prefix() && d.contains(c.network()))
     };
     cidrs.iter().copied().filter(outer).collect()
+}
+
+const CLUSTER: &str = "cluster.json";
+
+fn recorded_cluster(conf: &NetConf) -> Vec<ipnetwork::IpNetwork> {
+    std::fs::read(conf.state_dir().join(CLUSTER))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Keep the cluster ranges a rebuild derived from the node's pod ranges, for
+/// invocations that have none.
+fn record_cluster(conf: &NetConf, cidrs: &[ipnetwork::IpNetwork]) {
+    if !conf.isolation.cluster_cidrs.is_empty() || conf.ranges.is_empty() {
+        return;
+    }
+    if recorded_cluster(conf) == cidrs {
+        return;
+    }
+    let json = serde_json::to_vec(cidrs).expect("networks serialise");
+    if let Err(e) = crate::durable::replace(&conf.state_dir(), CLUSTER, &json) {
+        warn!(error = %e, "cannot record the cluster ranges");
+    }
 }
 
 pub fn load_policy(conf: &NetConf) -> Result<Policy, CniError> {
@@ -235,8 +265,10 @@ pub fn rebuild<S: IpStore, F: Firewall>(
     layout.groups.retain(|p, _| live.contains(p));
     next_epoch(conf, &mut layout)?;
     let groups = &layout.groups;
-    let table = full(&spec(conf), policy, &pods, &peers, groups, layout.epoch);
+    let spec = spec(conf);
+    let table = full(&spec, policy, &pods, &peers, groups, layout.epoch);
     fw.apply("rebuild", &table).map_err(fw_err)?;
+    record_cluster(conf, &spec.cluster_cidrs);
     let mapped = groups.values().copied().collect();
     layout.built = Some(Built {
         chains: tenants_with_chains(policy, &pods, &peers, groups),

@@ -192,6 +192,38 @@ fn a_changed_table_setting_rebuilds_at_the_next_add() {
     assert!(rebuilt.contains(r#""group":4"#), "{rebuilt}");
 }
 
+/// Pod ranges that only the runtime passes (`ipRanges`) are the cluster for
+/// the rules; a GC, which gets none, must rebuild with the same ones, not
+/// with an empty cluster (that would masquerade traffic to other nodes' pods
+/// as the node's), and the next ADD must find the table as it expects it.
+#[test]
+fn a_gc_without_ranges_keeps_the_cluster_ranges_an_add_had() {
+    let add_conf = conf(json!({"ipam": {},
+        "runtimeConfig": {"ipRanges": [[{"subnet": "10.0.0.0/29"}]]}}));
+    let gc_conf = NetConf {
+        ranges: vec![],
+        valid_attachments: Some(
+            [crate::spec::AttachmentRef {
+                container_id: "c1".into(),
+                ifname: "eth0".into(),
+            }]
+            .into(),
+        ),
+        ..add_conf.clone()
+    };
+    let mut w = World::default();
+    w.run(&add_conf, &inv("ADD", "c1")).unwrap();
+    let gc = Invocation::from_env(|k| (k == "CNI_COMMAND").then(|| "GC".to_string())).unwrap();
+    w.run(&gc_conf, &gc).unwrap();
+    let (what, rebuilt) = w.fw.applied.last().unwrap();
+    assert_eq!(*what, "rebuild");
+    let cluster = r#"{"prefix":{"addr":"10.0.0.0","len":29}}"#;
+    assert!(rebuilt.to_string().contains(cluster), "{rebuilt}");
+    w.run(&add_conf, &inv("ADD", "c2")).unwrap();
+    let kinds: Vec<_> = w.fw.applied.iter().map(|(what, _)| *what).collect();
+    assert_eq!(kinds[kinds.len() - 2..], ["pod add", "pod wired"]);
+}
+
 #[test]
 fn isolation_can_be_disabled() {
     let conf = conf(json!({"isolation": {"enabled": false}}));
