@@ -6,8 +6,10 @@
 #   network  pods in namespaces alpha and beta on two workers:
 #            same project reaches (same node and across nodes), other project is
 #            refused (ping and TCP, both directions, same node and across nodes),
-#            kube-system (global) serves DNS to everyone, `moat project join` opens
-#            alpha<->beta live, `moat project isolate` closes it again.
+#            kube-system (global) serves DNS to everyone, `moat drops --follow`
+#            in a node's agent shows a refused ping with both projects,
+#            `moat project join` opens alpha<->beta live, `moat project isolate`
+#            closes it again.
 #   volumes  RWO: write works; a pod on a second node cannot attach it.
 #            ROX: a write fails with "Read-only file system".
 #            RWX: pods on two nodes write and see each other's files.
@@ -204,6 +206,19 @@ expect_refused alpha a1 beta b2      # other project, across nodes
 expect_refused beta b2 alpha a3
 kubectl -n alpha exec a1 -- nslookup kubernetes.default.svc.cluster.local >/dev/null 2>&1 \
   && ok "alpha/a1 resolves through CoreDNS (kube-system is global)" || die "DNS from alpha/a1 failed"
+
+# The ConfigMap's logGroup: W1's agent sees a1's refused pings as they happen.
+w1_agent=$(kubectl -n moat-system get pods -l app.kubernetes.io/name=moat-cni \
+  --field-selector spec.nodeName="$W1" -o name)
+kubectl -n moat-system exec "$w1_agent" -c agent -- timeout 30 \
+  moat --config /etc/cni/net.d/10-moat.conflist drops --follow --count 1 >"$TMP/droplog" 2>/dev/null &
+follower=$!
+sleep 3
+kubectl -n alpha exec a1 -- ping -c 3 -W 1 "$(pod_ip beta b1)" >/dev/null 2>&1 || true
+wait "$follower" || true
+grep -q "cross-tenant  alpha $(pod_ip alpha a1) -> beta $(pod_ip beta b1) icmp" "$TMP/droplog" \
+  && ok "moat drops --follow on $W1 names the refused alpha -> beta ping" \
+  || die "no drop logged on $W1: $(cat "$TMP/droplog")"
 
 moat_all project join alpha beta
 expect_reach alpha a1 beta b1
