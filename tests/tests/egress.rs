@@ -107,6 +107,13 @@ fn egress_is_masqueraded_and_egress_deny_is_per_project() {
         reach(&pods[0].ns, Node::node_ip(false), Proto::Icmp),
         "egress deny does not cut the node"
     );
+    let drops = node.cli(&["drops"]).ok().stdout;
+    let denied = drops.lines().skip_while(|l| *l != "EGRESS DENIED").nth(2);
+    let row: Vec<&str> = denied.unwrap_or_default().split_whitespace().collect();
+    assert!(
+        row.first() == Some(&"a") && row[1].parse::<u32>().unwrap() >= 2,
+        "a's denied egress counted:\n{drops}"
+    );
     let logged = follower.lines_within(Duration::from_millis(500));
     for dst in ["192.0.2.2:8080", "[2001:db8::2]:8080"] {
         let denied = format!(" -> - {dst} tcp");

@@ -263,6 +263,26 @@ fn forged_source_addresses_are_dropped() {
             a1.ns.ip(&["addr", "del", &addr, "dev", "eth0"]);
         }
     }
+    // Counted by the veth they came in on: the sender's project, not the
+    // owner of the address it forged.
+    let drops = node.cli(&["drops"]).ok().stdout;
+    let forged: Vec<Vec<&str>> = drops
+        .lines()
+        .skip_while(|l| !l.starts_with("FORGED SOURCES"))
+        .skip(2)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    for v6 in [false, true] {
+        for victim in [b1, dns] {
+            let ip = victim.ip(v6).to_string();
+            assert!(
+                forged
+                    .iter()
+                    .any(|r| r[0] == "a" && r[2] == ip && r[3].parse::<u32>().unwrap() >= 2),
+                "{ip} forged by a, to a2 and to the node:\n{drops}"
+            );
+        }
+    }
 }
 
 /// nftables runs every table's base chains at a hook: an accept ends only

@@ -3,8 +3,12 @@
 //! policy changes in place, and projects without pods pruned.
 
 use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+use etherparse::PacketBuilder;
 use moat_e2e::cni::{attach, dual_stack_conf, Node, Pod};
+use moat_e2e::probe::{Sink, PORT};
 
 #[test]
 fn rule_count_does_not_grow_with_pods() {
@@ -212,4 +216,81 @@ fn check_notices_a_veth_moved_to(node: &Node, pod: &Pod, other: u64) {
         out.json()["msg"].as_str().unwrap().contains("group"),
         "{out:?}"
     );
+}
+
+/// A full meter ends the rule it is in, verdict and all. A pod that forges
+/// more sources than the spoof meter holds (65535) fills it: its forged
+/// packets must still be dropped, by a rule the meter is not in.
+#[test]
+fn a_full_drop_meter_does_not_let_forged_packets_through() {
+    let node = Node::new(dual_stack_conf("1.1.0"));
+    let pods = attach(&node, &["a", "a"]);
+    let sink = Sink::open(&pods[1].ns, PORT + 5);
+    let IpAddr::V4(dst) = pods[1].ip(false) else {
+        panic!("an IPv4 pod address")
+    };
+    let sent = pods[0].ns.run(|| send_forged(dst, PORT + 5, FLOOD));
+    assert_eq!(sent, FLOOD);
+    let out = node
+        .ns
+        .exec("nft")
+        .args(["-j", "list", "meter", "inet", "moat", "spoofs4"])
+        .output()
+        .unwrap();
+    let listing: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let elements = listing["nftables"][1]["meter"]["elem"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(elements, 65535, "the flood filled the meter");
+    assert!(
+        !sink.received(),
+        "a forged packet reached a2 once the meter was full"
+    );
+}
+
+/// More forged sources than the meter's 65535.
+const FLOOD: u32 = 66_000;
+
+/// `n` UDP datagrams to `dst`, each from its own forged source (10.200/15),
+/// through a raw socket that writes the IP header itself; returns how many
+/// the kernel took.
+fn send_forged(dst: Ipv4Addr, port: u16, n: u32) -> u32 {
+    use nix::libc;
+    // SAFETY: plain socket(2); the descriptor is owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+    // SAFETY: fd is a fresh descriptor nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let to = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(dst).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let mut sent = 0;
+    for i in 0..n {
+        let src = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 200, 0, 0)) + i);
+        let mut packet = Vec::with_capacity(64);
+        PacketBuilder::ipv4(src.octets(), dst.octets(), 64)
+            .udp(40000, port)
+            .write(&mut packet, b"forged")
+            .unwrap();
+        // SAFETY: packet and to outlive the call; lengths are theirs.
+        let r = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&to as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if r == packet.len() as isize {
+            sent += 1;
+        }
+    }
+    sent
 }

@@ -45,7 +45,8 @@ enum Top {
     Policy,
     /// Attached pods with project, tenant and addresses.
     Pods,
-    /// Dropped cross-tenant packets by project pair.
+    /// Dropped packets: cross-tenant by project pair, forged sources by
+    /// sender, denied egress by project.
     Drops {
         /// Print dropped packets as they are logged instead (needs
         /// `isolation.logGroup`; at most the log's rate per rule).

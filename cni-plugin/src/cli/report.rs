@@ -5,8 +5,9 @@ use std::fmt::Write;
 use std::net::IpAddr;
 
 use crate::cmd::isolation::load_peers;
-use crate::firewall::{Firewall, NftFirewall};
+use crate::firewall::{DropCount, Firewall, NftFirewall};
 use crate::ipam::{DiskStore, IpStore};
+use crate::policy::droplog::DropKind;
 use crate::policy::peers::Peer;
 use crate::policy::{Policy, Project, Role};
 use crate::spec::{CniError, Code, NetConf};
@@ -107,21 +108,40 @@ pub fn owners(conf: &NetConf, store: &DiskStore) -> Result<Owners, CniError> {
 }
 
 pub fn drops(conf: &NetConf, store: &DiskStore, fw: &mut NftFirewall) -> Result<String, CniError> {
-    let owner = owners(conf, store)?.addrs;
-    let project_of = |ip: &IpAddr| {
-        owner
-            .get(ip)
-            .cloned()
-            .unwrap_or_else(|| format!("({ip}, gone)"))
-    };
-    let mut pairs: BTreeMap<(String, String), u64> = BTreeMap::new();
-    for d in fw
+    let counts = fw
         .drops(&conf.isolation.table)
-        .map_err(|e| CniError::from_error(Code::Firewall, &e))?
-    {
-        *pairs
-            .entry((project_of(&d.src), project_of(&d.dst)))
-            .or_default() += d.packets;
+        .map_err(|e| CniError::from_error(Code::Firewall, &e))?;
+    Ok(drop_tables(&owners(conf, store)?, &counts))
+}
+
+/// Cross-tenant drops by project pair, then (if any) forged sources by the
+/// pod that sent them and denied egress by project.
+pub fn drop_tables(owners: &Owners, counts: &[DropCount]) -> String {
+    let gone = |what: &dyn std::fmt::Display| format!("({what}, gone)");
+    let project_of = |ip: &IpAddr| owners.addrs.get(ip).cloned().unwrap_or_else(|| gone(ip));
+    let mut pairs: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut forged: BTreeMap<(String, String, IpAddr), u64> = BTreeMap::new();
+    let mut egress: BTreeMap<String, u64> = BTreeMap::new();
+    for d in counts {
+        match (d.kind, d.dst, &d.link) {
+            (DropKind::Spoofed, _, Some(link)) => {
+                let sender = owners
+                    .links
+                    .get(link)
+                    .cloned()
+                    .unwrap_or_else(|| gone(link));
+                *forged.entry((sender, link.clone(), d.src)).or_default() += d.packets;
+            }
+            (DropKind::EgressDenied, _, _) => {
+                *egress.entry(project_of(&d.src)).or_default() += d.packets
+            }
+            (_, Some(dst), _) => {
+                *pairs
+                    .entry((project_of(&d.src), project_of(&dst)))
+                    .or_default() += d.packets
+            }
+            _ => {}
+        }
     }
     let mut out = format!(
         "{:<24} {:<24} {}\n",
@@ -130,5 +150,78 @@ pub fn drops(conf: &NetConf, store: &DiskStore, fw: &mut NftFirewall) -> Result<
     for ((from, to), n) in pairs {
         let _ = writeln!(out, "{from:<24} {to:<24} {n}");
     }
-    Ok(out)
+    if !forged.is_empty() {
+        let _ = write!(
+            out,
+            "\nFORGED SOURCES\n{:<24} {:<16} {:<40} DROPPED PACKETS\n",
+            "PROJECT", "HOST IF", "SOURCE"
+        );
+        for ((project, link, src), n) in forged {
+            let _ = writeln!(out, "{project:<24} {link:<16} {:<40} {n}", src.to_string());
+        }
+    }
+    if !egress.is_empty() {
+        let _ = write!(out, "\nEGRESS DENIED\n{:<24} DROPPED PACKETS\n", "PROJECT");
+        for (project, n) in egress {
+            let _ = writeln!(out, "{project:<24} {n}");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(
+        kind: DropKind,
+        src: &str,
+        dst: Option<&str>,
+        link: Option<&str>,
+        packets: u64,
+    ) -> DropCount {
+        DropCount {
+            kind,
+            src: src.parse().unwrap(),
+            dst: dst.map(|d| d.parse().unwrap()),
+            link: link.map(str::to_string),
+            packets,
+        }
+    }
+
+    #[test]
+    fn drops_are_tabled_by_kind_with_the_senders_project() {
+        let owners = Owners {
+            addrs: [("10.0.0.2", "a"), ("10.0.0.3", "b"), ("10.0.0.4", "a")]
+                .into_iter()
+                .map(|(ip, p)| (ip.parse().unwrap(), p.to_string()))
+                .collect(),
+            links: [("moat-a1".to_string(), "a".to_string())].into(),
+        };
+        let counts = [
+            count(DropKind::CrossTenant, "10.0.0.2", Some("10.0.0.3"), None, 3),
+            count(DropKind::CrossTenant, "10.0.0.4", Some("10.0.0.3"), None, 2),
+            count(DropKind::Spoofed, "10.0.0.3", None, Some("moat-a1"), 1),
+            count(
+                DropKind::EgressDenied,
+                "10.0.0.2",
+                Some("192.0.2.2"),
+                None,
+                4,
+            ),
+        ];
+        let text = drop_tables(&owners, &counts);
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert!(rows.contains(&vec!["a", "b", "5"]), "{text}");
+        assert!(
+            rows.contains(&vec!["a", "moat-a1", "10.0.0.3", "1"]),
+            "forged b's address from a's veth: {text}"
+        );
+        assert!(rows.contains(&vec!["a", "4"]), "{text}");
+        let plain = drop_tables(&owners, &counts[..1]);
+        assert_eq!(plain.lines().count(), 2, "no empty sections: {plain}");
+    }
 }

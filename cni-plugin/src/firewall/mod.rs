@@ -167,13 +167,13 @@ impl Firewall for NftFirewall {
 
     fn drops(&mut self, table: &str) -> Result<Vec<DropCount>, FirewallError> {
         let mut out = Vec::new();
-        for meter in crate::policy::ruleset::DROP_METERS {
+        for (meter, kind) in crate::policy::ruleset::DROP_METERS {
             for fam in ["4", "6"] {
                 let name = format!("{meter}{fam}");
                 if let Some(v) =
                     self.list("meter", table, &["list", "meter", "inet", table, &name])?
                 {
-                    out.extend(parse_meter(&v));
+                    out.extend(parse_meter(&v, kind));
                 }
             }
         }

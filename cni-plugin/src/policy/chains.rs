@@ -10,7 +10,9 @@ use super::epoch::{EPOCH_CHAIN, VERIFIED_CHAIN};
 use super::nftjson::{
     concat, counter, ct, in_set, jump, matches, meta, not_in_set, verdict, Batch, Fam, FAMS,
 };
-use super::ruleset::{TableSpec, DROP_METERS, GROUP_MAP};
+use super::ruleset::{
+    drop_meter, TableSpec, CROSS_METER, EGRESS_METER, GROUP_MAP, PEER_METER, SPOOF_METER,
+};
 
 /// Where a pod's packets prove their source.
 const ANTISPOOF: &str = "antispoof";
@@ -134,29 +136,32 @@ fn antispoof_chain(b: &mut Batch, log: Option<LogTarget>) {
             in_set(meta("iifname"), "podif"),
             not_in_set(concat(vec![meta("iifname"), f.saddr()]), &f.name("podsrc")),
         ];
-        logged_drop(b, ANTISPOOF, spoofed, counter(), log, DropKind::Spoofed);
+        // By veth, which names the pod that sent it, and the forged source.
+        let count = drop_meter(f, SPOOF_METER, vec![meta("iifname"), f.saddr()]);
+        logged_drop(b, ANTISPOOF, spoofed, count, log, DropKind::Spoofed);
     }
 }
 
-/// A drop of what `matching` matches, counted by `count`, after a rule that logs it at
-/// a limited rate when logging is on (`limit` ends the rule it is in once
-/// over the rate, and a verdict must be a rule's last statement: so a rule
-/// of its own, with the same match).
+/// A drop of what `matching` matches, in three rules with that match: log
+/// it (when logging is on), count it in `meter`, drop it. A `limit` over its
+/// rate and a meter that is full both end the rule they are in without its
+/// verdict, so neither may share a rule with the drop: a pod that forges
+/// 65535 sources, or scans as many outside addresses, fills its meter and
+/// would otherwise be let through.
 fn logged_drop(
     b: &mut Batch,
     chain: &str,
-    mut matching: Vec<Value>,
-    count: Value,
+    matching: Vec<Value>,
+    meter: Value,
     log: Option<LogTarget>,
     kind: DropKind,
 ) {
+    let with = |extra: Vec<Value>| matching.iter().cloned().chain(extra).collect::<Vec<_>>();
     if let Some(target) = log {
-        let mut rule = matching.clone();
-        rule.extend(log_statements(target, kind));
-        b.add_rule(chain, rule);
+        b.add_rule(chain, with(log_statements(target, kind)));
     }
-    matching.extend([count, verdict("drop")]);
-    b.add_rule(chain, matching);
+    b.add_rule(chain, with(vec![meter]));
+    b.add_rule(chain, with(vec![verdict("drop")]));
 }
 
 /// Pods' packets to anywhere outside the cluster leave with the node's address.
@@ -204,9 +209,8 @@ fn to_pod_chain(b: &mut Batch, f: Fam, log: Option<LogTarget>) {
     // Local pods, then pods of other nodes not of this tenant (or not synced
     // yet): cross-tenant, whatever conntrack or a DNAT says. Each has its own
     // meter: two rules cannot share one.
-    for (sources, meter) in [("pods", DROP_METERS[0]), ("cluster", DROP_METERS[1])] {
-        let pair = concat(vec![f.saddr(), f.daddr()]);
-        let count = json!({"meter": {"name": f.name(meter), "key": pair, "stmt": counter()}});
+    for (sources, meter) in [("pods", CROSS_METER), ("cluster", PEER_METER)] {
+        let count = drop_meter(f, meter, vec![f.saddr(), f.daddr()]);
         let from = vec![in_set(f.saddr(), &f.name(sources))];
         logged_drop(b, &chain, from, count, log, DropKind::CrossTenant);
     }
@@ -243,5 +247,6 @@ fn from_pod_chain(b: &mut Batch, f: Fam, log: Option<LogTarget>) {
         in_set(f.saddr(), &f.name("egress_deny")),
         not_in_set(f.daddr(), &f.name("cluster")),
     ];
-    logged_drop(b, &chain, leaving, counter(), log, DropKind::EgressDenied);
+    let count = drop_meter(f, EGRESS_METER, vec![f.saddr(), f.daddr()]);
+    logged_drop(b, &chain, leaving, count, log, DropKind::EgressDenied);
 }

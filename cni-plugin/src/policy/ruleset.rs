@@ -9,10 +9,10 @@ use ipnetwork::IpNetwork;
 use serde_json::{json, Value};
 
 use super::chains::base_chains;
-use super::droplog::LogTarget;
+use super::droplog::{DropKind, LogTarget};
 use super::epoch::mark;
 use super::model::{Policy, Project, Role};
-use super::nftjson::{Batch, Elem, Fam, Verdict, FAMS};
+use super::nftjson::{concat, counter, Batch, Elem, Fam, Verdict, FAMS};
 use super::peers::Peer;
 
 /// One attachment as the firewall sees it.
@@ -56,8 +56,24 @@ impl TableSpec {
     }
 }
 
-/// Per (source, destination) drop counters: local sources, other nodes' pods.
-pub const DROP_METERS: [&str; 2] = ["drops", "peerdrops"];
+/// Per-key drop counters (meters) and what they count: cross-tenant by
+/// (source, destination) from local pods and from other nodes' pods, forged
+/// sources by (veth, source), denied egress by (source, destination).
+pub const DROP_METERS: [(&str, DropKind); 4] = [
+    (CROSS_METER, DropKind::CrossTenant),
+    (PEER_METER, DropKind::CrossTenant),
+    (SPOOF_METER, DropKind::Spoofed),
+    (EGRESS_METER, DropKind::EgressDenied),
+];
+pub const CROSS_METER: &str = "drops";
+pub const PEER_METER: &str = "peerdrops";
+pub const SPOOF_METER: &str = "spoofs";
+pub const EGRESS_METER: &str = "egressdrops";
+
+/// The meter statement that counts drops by `key` (per family).
+pub(super) fn drop_meter(f: Fam, meter: &str, key: Vec<Value>) -> Value {
+    json!({"meter": {"name": f.name(meter), "key": concat(key), "stmt": counter()}})
+}
 
 pub fn tenant_chain(t: &Project) -> String {
     format!("tenant-{t}")

@@ -302,11 +302,8 @@ fn log_drops_adds_a_rate_limited_log_chain_and_masquerade_is_optional() {
     }
 }
 
-/// Each log rule sits right before the drop it logs, with the same match:
-/// a packet is logged (at most at the rate) exactly when it is dropped.
-#[test]
-fn every_log_rule_matches_what_the_next_rule_drops() {
-    let b = full(
+fn logged_table() -> super::nftjson::Batch {
+    full(
         &TableSpec {
             log: Some(LogTarget::Group(5)),
             ..spec(false, true)
@@ -316,9 +313,11 @@ fn every_log_rule_matches_what_the_next_rule_drops() {
         &[],
         &Groups::new(),
         1,
-    );
-    let rules: Vec<(&Value, &Vec<Value>)> = b
-        .cmds
+    )
+}
+
+fn rules(b: &super::nftjson::Batch) -> Vec<(&Value, &Vec<Value>)> {
+    b.cmds
         .iter()
         .filter_map(|c| {
             Some((
@@ -326,7 +325,16 @@ fn every_log_rule_matches_what_the_next_rule_drops() {
                 c.pointer("/add/rule/expr")?.as_array()?,
             ))
         })
-        .collect();
+        .collect()
+}
+
+/// Each log rule is followed by the rule that counts and the rule that
+/// drops, all three with the same match: a packet is logged (at most at the
+/// rate) and counted exactly when it is dropped.
+#[test]
+fn every_log_rule_matches_what_the_next_rules_count_and_drop() {
+    let b = logged_table();
+    let rules = rules(&b);
     let mut seen = 0;
     for (i, (chain, expr)) in rules.iter().enumerate() {
         if !expr.iter().any(|s| s.get("log").is_some()) {
@@ -334,13 +342,39 @@ fn every_log_rule_matches_what_the_next_rule_drops() {
         }
         seen += 1;
         assert_eq!(expr.last().unwrap()["log"]["group"], 5);
-        let (next_chain, next) = rules[i + 1];
-        assert_eq!(*chain, next_chain);
         let matching = &expr[..expr.len() - 2];
-        assert_eq!(&next[..matching.len()], matching, "{next:?}");
-        assert!(next.last().unwrap().get("drop").is_some(), "{next:?}");
+        let (count, drop) = (rules[i + 1], rules[i + 2]);
+        for (next_chain, next) in [count, drop] {
+            assert_eq!(*chain, next_chain);
+            assert_eq!(&next[..matching.len()], matching, "{next:?}");
+            assert_eq!(next.len(), matching.len() + 1, "{next:?}");
+        }
+        assert!(
+            count.1.last().unwrap().get("meter").is_some(),
+            "{:?}",
+            count.1
+        );
+        assert!(drop.1.last().unwrap().get("drop").is_some(), "{:?}", drop.1);
     }
     assert_eq!(seen, 8);
+}
+
+/// A meter that is full, or a limit over its rate, ends its rule there:
+/// no rule that drops (or accepts) may hold one, or the verdict would
+/// depend on how full a set is (a pod forging random sources fills one).
+#[test]
+fn no_verdict_depends_on_a_meter_or_a_limit() {
+    for b in [logged_table(), empty_table(false, true)] {
+        for (chain, expr) in rules(&b) {
+            let verdict = expr
+                .iter()
+                .any(|s| s.get("drop").is_some() || s.get("accept").is_some());
+            let breaks = expr
+                .iter()
+                .any(|s| s.get("meter").is_some() || s.get("limit").is_some());
+            assert!(!(verdict && breaks), "{chain}: {expr:?}");
+        }
+    }
 }
 
 #[test]
