@@ -222,27 +222,26 @@ fn to_pod_chain(b: &mut Batch, f: Fam, log: Option<LogTarget>) {
             verdict("accept"),
         ],
     );
+    accept_replies(b, &chain);
+    b.add_rule(&chain, vec![counter(), verdict("drop")]);
+}
+
+/// Packets answering a connection the rules let open.
+fn accept_replies(b: &mut Batch, chain: &str) {
     b.add_rule(
-        &chain,
+        chain,
         vec![
             matches(ct("direction"), "==", json!("reply")),
             verdict("accept"),
         ],
     );
-    b.add_rule(&chain, vec![counter(), verdict("drop")]);
 }
 
 /// Traffic from a local pod to anything that is not a local pod.
 fn from_pod_chain(b: &mut Batch, f: Fam, log: Option<LogTarget>) {
     let chain = f.name("from_pod");
     b.add_chain(&chain, None);
-    b.add_rule(
-        &chain,
-        vec![
-            matches(ct("direction"), "==", json!("reply")),
-            verdict("accept"),
-        ],
-    );
+    accept_replies(b, &chain);
     let leaving = vec![
         in_set(f.saddr(), &f.name("egress_deny")),
         not_in_set(f.daddr(), &f.name("cluster")),
