@@ -1,6 +1,8 @@
 //! Tenants and projects → the desired nftables ruleset, as pure data.
 
 mod chains;
+#[cfg(test)]
+mod chains_tests;
 pub mod diff;
 pub mod droplog;
 pub mod epoch;

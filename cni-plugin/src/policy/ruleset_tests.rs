@@ -58,7 +58,7 @@ pub(super) fn grouped(mut pods: Vec<PodEntry>) -> (Vec<PodEntry>, Groups) {
 const NONE: &[(&str, &str)] = &[];
 
 /// The table of a node without pods, peers or policy.
-fn empty_table(log_drops: bool, masquerade: bool) -> super::nftjson::Batch {
+pub(super) fn empty_table(log_drops: bool, masquerade: bool) -> super::nftjson::Batch {
     full(
         &spec(log_drops, masquerade),
         &Policy::default(),
@@ -139,7 +139,7 @@ fn pairs(items: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-fn chains(cmds: &[Value]) -> Vec<String> {
+pub(super) fn chains(cmds: &[Value]) -> Vec<String> {
     ops(cmds)
         .into_iter()
         .filter(|(v, k, _)| v == "add" && k == "chain")
@@ -269,112 +269,6 @@ fn pod_change_touches_elements_only_and_deletes_what_add_added() {
             .collect()
     };
     assert_eq!(sets(&added, "add"), sets(&removed, "delete"));
-}
-
-#[test]
-fn log_drops_adds_a_rate_limited_log_chain_and_masquerade_is_optional() {
-    let plain = empty_table(false, false);
-    assert!(!chains(&plain.cmds).iter().any(|c| c == "postrouting"));
-    let logs = |b: &super::nftjson::Batch| -> Vec<Value> {
-        b.cmds
-            .iter()
-            .filter_map(|c| c.pointer("/add/rule/expr"))
-            .filter(|e| e.as_array().unwrap().iter().any(|s| s.get("log").is_some()))
-            .cloned()
-            .collect()
-    };
-    assert!(logs(&plain).is_empty());
-    let logged = empty_table(true, true);
-    assert!(chains(&logged.cmds).iter().any(|c| c == "postrouting"));
-    let rules = logs(&logged);
-    // Per family: local and peer sources, spoofed, egress denied.
-    assert_eq!(rules.len(), 8);
-    for expr in rules {
-        let stmts = expr.as_array().unwrap();
-        let limit = stmts.iter().position(|s| s.get("limit").is_some());
-        assert_eq!(limit, Some(stmts.len() - 2), "limit, then log: {expr}");
-        assert!(
-            stmts
-                .iter()
-                .all(|s| s.get("drop").is_none() && s.get("jump").is_none()),
-            "no verdict: {expr}"
-        );
-    }
-}
-
-fn logged_table() -> super::nftjson::Batch {
-    full(
-        &TableSpec {
-            log: Some(LogTarget::Group(5)),
-            ..spec(false, true)
-        },
-        &Policy::default(),
-        &[],
-        &[],
-        &Groups::new(),
-        1,
-    )
-}
-
-fn rules(b: &super::nftjson::Batch) -> Vec<(&Value, &Vec<Value>)> {
-    b.cmds
-        .iter()
-        .filter_map(|c| {
-            Some((
-                c.pointer("/add/rule/chain")?,
-                c.pointer("/add/rule/expr")?.as_array()?,
-            ))
-        })
-        .collect()
-}
-
-/// Each log rule is followed by the rule that counts and the rule that
-/// drops, all three with the same match: a packet is logged (at most at the
-/// rate) and counted exactly when it is dropped.
-#[test]
-fn every_log_rule_matches_what_the_next_rules_count_and_drop() {
-    let b = logged_table();
-    let rules = rules(&b);
-    let mut seen = 0;
-    for (i, (chain, expr)) in rules.iter().enumerate() {
-        if !expr.iter().any(|s| s.get("log").is_some()) {
-            continue;
-        }
-        seen += 1;
-        assert_eq!(expr.last().unwrap()["log"]["group"], 5);
-        let matching = &expr[..expr.len() - 2];
-        let (count, drop) = (rules[i + 1], rules[i + 2]);
-        for (next_chain, next) in [count, drop] {
-            assert_eq!(*chain, next_chain);
-            assert_eq!(&next[..matching.len()], matching, "{next:?}");
-            assert_eq!(next.len(), matching.len() + 1, "{next:?}");
-        }
-        assert!(
-            count.1.last().unwrap().get("meter").is_some(),
-            "{:?}",
-            count.1
-        );
-        assert!(drop.1.last().unwrap().get("drop").is_some(), "{:?}", drop.1);
-    }
-    assert_eq!(seen, 8);
-}
-
-/// A meter that is full, or a limit over its rate, ends its rule there:
-/// no rule that drops (or accepts) may hold one, or the verdict would
-/// depend on how full a set is (a pod forging random sources fills one).
-#[test]
-fn no_verdict_depends_on_a_meter_or_a_limit() {
-    for b in [logged_table(), empty_table(false, true)] {
-        for (chain, expr) in rules(&b) {
-            let verdict = expr
-                .iter()
-                .any(|s| s.get("drop").is_some() || s.get("accept").is_some());
-            let breaks = expr
-                .iter()
-                .any(|s| s.get("meter").is_some() || s.get("limit").is_some());
-            assert!(!(verdict && breaks), "{chain}: {expr:?}");
-        }
-    }
 }
 
 #[test]

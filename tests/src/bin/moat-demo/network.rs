@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use moat_e2e::cni::{attach, dual_stack_conf, Node, Pod};
+use moat_e2e::cni::{attach, dual_stack_conf, Node, Pod, Running};
 use moat_e2e::probe::{echo_on, serve, tcp_connect};
 use moat_e2e::truth::{mismatches, probe_all, render, Endpoint, Expect};
 
@@ -26,12 +26,7 @@ pub fn run(out: &mut dyn Write) -> Result<()> {
         out,
         "== Network: one node (a netns), pods as netns, wired by the `moat` CNI binary =="
     )?;
-    let mut conf = dual_stack_conf("1.1.0");
-    conf["isolation"]["logGroup"] = LOG_GROUP.into();
-    let node = Node::new(conf);
-    let mut follower = node.cli_running(&["drops", "--follow"]);
-    let ready = follower.stderr_line();
-    ensure!(ready.contains("following"), "moat drops --follow: {ready}");
+    let (node, follower) = node_logging_drops()?;
     let projects: Vec<&str> = PODS.iter().map(|(_, p)| *p).collect();
     let pods = attach(&node, &projects);
     for p in &pods {
@@ -85,9 +80,28 @@ pub fn run(out: &mut dyn Write) -> Result<()> {
         "After a live isolate: back to the default",
     )?;
 
+    drops(out, &node, follower)?;
+    teardown(out, &node, pods)?;
+    ensure!(wrong == 0, "{wrong} probes differed from the policy");
+    Ok(())
+}
+
+/// The node, with `moat drops --follow` running from its start.
+fn node_logging_drops() -> Result<(Node, Running)> {
+    let mut conf = dual_stack_conf("1.1.0");
+    conf["isolation"]["logGroup"] = LOG_GROUP.into();
+    let node = Node::new(conf);
+    let mut follower = node.cli_running(&["drops", "--follow"]);
+    let ready = follower.stderr_line();
+    ensure!(ready.contains("following"), "moat drops --follow: {ready}");
+    Ok((node, follower))
+}
+
+/// The drop counters, then the first lines the follower printed.
+fn drops(out: &mut dyn Write, node: &Node, follower: Running) -> Result<()> {
     writeln!(
         out,
-        "$ moat drops   (dropped cross-tenant packets, per project pair)"
+        "$ moat drops   (dropped packets: per project pair, forged sources, denied egress)"
     )?;
     writeln!(out, "{}", node.cli(&["drops"]).ok().stdout)?;
     let logged = follower.lines_within(Duration::from_millis(300));
@@ -104,8 +118,6 @@ pub fn run(out: &mut dyn Write) -> Result<()> {
         logged.iter().any(|l| l.contains(" cross-tenant ")),
         "no drop was logged"
     );
-    teardown(out, &node, pods)?;
-    ensure!(wrong == 0, "{wrong} probes differed from the policy");
     Ok(())
 }
 
