@@ -38,8 +38,8 @@ fn log_target(iso: &IsolationConf) -> Option<LogTarget> {
 
 /// Without explicit cluster CIDRs, the node's own pod ranges are the cluster:
 /// otherwise a pod's traffic to a pod of another node would count as egress and
-/// be masqueraded past the tenant check (to the other node it would then come
-/// from the node, which every pod may reach). Ranges that came from the
+/// be masqueraded, and the other node would drop it as traffic from outside
+/// the cluster. Ranges that came from the
 /// runtime (`ipRanges`) reach ADD and DEL but not the CLI or a GC: those use
 /// the ranges the last rebuild that had them recorded.
 fn cluster_cidrs(conf: &NetConf) -> Vec<ipnetwork::IpNetwork> {
@@ -164,8 +164,8 @@ struct Built {
 /// next change: an operator who turns logging on in the conflist sees it at
 /// the next ADD or DEL, not only after `moat reconcile`. (Its Debug form: a
 /// new Rust that prints it differently costs one rebuild.)
-fn settings(conf: &NetConf) -> String {
-    format!("{:?}", spec(conf))
+fn settings(spec: &TableSpec) -> String {
+    format!("{spec:?}")
 }
 
 const LAYOUT: &str = "layout.json";
@@ -175,7 +175,7 @@ const LAYOUT: &str = "layout.json";
 fn load_layout<S: IpStore>(conf: &NetConf, store: &S) -> Result<Layout, CniError> {
     if let Ok(bytes) = std::fs::read(conf.state_dir().join(LAYOUT)) {
         if let Ok(mut layout) = serde_json::from_slice::<Layout>(&bytes) {
-            let now = settings(conf);
+            let now = settings(&spec(conf));
             if layout.built.as_ref().is_some_and(|b| b.settings != now) {
                 info!(settings = %now, "the table was built with other settings: rebuilding it");
                 layout.built = None;
@@ -273,7 +273,7 @@ pub fn rebuild<S: IpStore, F: Firewall>(
     layout.built = Some(Built {
         chains: tenants_with_chains(policy, &pods, &peers, groups),
         mapped,
-        settings: settings(conf),
+        settings: settings(&spec),
     });
     // Best effort: a lost file costs a rebuild, not correctness.
     if let Err(e) = save_layout(conf, &layout) {
