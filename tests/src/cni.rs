@@ -101,6 +101,13 @@ pub fn dual_stack_conf(version: &str) -> Value {
     })
 }
 
+/// [`dual_stack_conf`] logging drops to NFLOG group `group`.
+pub fn drop_log_conf(group: u16) -> Value {
+    let mut conf = dual_stack_conf("1.1.0");
+    conf["isolation"]["logGroup"] = group.into();
+    conf
+}
+
 impl Node {
     pub fn new(mut conf: Value) -> Self {
         require_root();
@@ -185,6 +192,17 @@ impl Node {
             .write_all(rules.as_bytes())
             .unwrap();
         assert!(nft.wait().unwrap().success(), "nft refused: {rules}");
+    }
+
+    /// `moat drops --follow`, once it is reading (its NFLOG group bound).
+    pub fn follow_drops(&self) -> Running {
+        let mut follower = self.cli_running(&["drops", "--follow"]);
+        let ready = follower.stderr_line();
+        assert!(
+            ready.contains("following NFLOG group"),
+            "moat drops --follow: {ready}"
+        );
+        follower
     }
 
     /// `nft -j list table inet <table>` in the node netns.

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
-use moat_e2e::cni::{attach, dual_stack_conf, Node};
+use moat_e2e::cni::{attach, drop_log_conf, dual_stack_conf, Node};
 use moat_e2e::netns::Netns;
 use moat_e2e::probe::{reach, serve, Proto, PORT};
 
@@ -75,11 +75,8 @@ fn seen_from(ns: &Netns, dst: &str) -> Option<IpAddr> {
 
 #[test]
 fn egress_is_masqueraded_and_egress_deny_is_per_project() {
-    let mut conf = dual_stack_conf("1.1.0");
-    conf["isolation"]["logGroup"] = 3.into();
-    let node = Node::new(conf);
-    let follower = &mut node.cli_running(&["drops", "--follow"]);
-    assert!(follower.stderr_line().contains("following"));
+    let node = Node::new(drop_log_conf(3));
+    let follower = &mut node.follow_drops();
     let ext = outside(&node);
     let pods = attach(&node, &["a", "b"]);
     for (dst, node_addr) in [("192.0.2.2", "192.0.2.1"), ("2001:db8::2", "2001:db8::1")] {

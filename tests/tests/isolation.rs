@@ -4,7 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use moat_e2e::cni::{attach, dual_stack_conf, Call, Node, Pod};
+use moat_e2e::cni::{attach, drop_log_conf, dual_stack_conf, Call, Node, Pod};
 use moat_e2e::probe::{echo_on, reach, serve, tcp_connect, udp_from, Proto, Sink, PORT};
 use moat_e2e::truth::{mismatches, probe_all, render, Endpoint, Expect};
 
@@ -119,13 +119,9 @@ const BURST: usize = 60;
 
 #[test]
 fn drops_are_logged_to_an_nflog_group_at_a_limited_rate() {
-    let mut conf = dual_stack_conf("1.1.0");
-    conf["isolation"]["logGroup"] = 9.into();
-    let node = Node::new(conf);
+    let node = Node::new(drop_log_conf(9));
     // Started first: it must learn the pods attached after it.
-    let follower = &mut node.cli_running(&["drops", "--follow"]);
-    let ready = follower.stderr_line();
-    assert!(ready.contains("following NFLOG group 9"), "{ready}");
+    let follower = &mut node.follow_drops();
     let second = node.cli(&["drops", "--follow", "--count", "1"]);
     assert!(
         !second.success && second.stderr.contains("another listener"),
@@ -194,8 +190,7 @@ fn logging_turned_on_in_the_config_applies_at_the_next_add() {
     let mut node = Node::new(dual_stack_conf("1.1.0"));
     let pods = attach(&node, &["a", "b"]);
     node.conf["isolation"]["logGroup"] = 6.into();
-    let follower = &mut node.cli_running(&["drops", "--follow"]);
-    assert!(follower.stderr_line().contains("following"));
+    let follower = &mut node.follow_drops();
     assert!(udp_from(
         &pods[0].ns,
         pods[0].ip(false),

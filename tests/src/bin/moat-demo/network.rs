@@ -5,7 +5,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use moat_e2e::cni::{attach, dual_stack_conf, Node, Pod, Running};
+use moat_e2e::cni::{attach, drop_log_conf, Node, Pod, Running};
 use moat_e2e::probe::{echo_on, serve, tcp_connect};
 use moat_e2e::truth::{mismatches, probe_all, render, Endpoint, Expect};
 
@@ -26,7 +26,7 @@ pub fn run(out: &mut dyn Write) -> Result<()> {
         out,
         "== Network: one node (a netns), pods as netns, wired by the `moat` CNI binary =="
     )?;
-    let (node, follower) = node_logging_drops()?;
+    let (node, follower) = node_logging_drops();
     let projects: Vec<&str> = PODS.iter().map(|(_, p)| *p).collect();
     let pods = attach(&node, &projects);
     for p in &pods {
@@ -87,14 +87,10 @@ pub fn run(out: &mut dyn Write) -> Result<()> {
 }
 
 /// The node, with `moat drops --follow` running from its start.
-fn node_logging_drops() -> Result<(Node, Running)> {
-    let mut conf = dual_stack_conf("1.1.0");
-    conf["isolation"]["logGroup"] = LOG_GROUP.into();
-    let node = Node::new(conf);
-    let mut follower = node.cli_running(&["drops", "--follow"]);
-    let ready = follower.stderr_line();
-    ensure!(ready.contains("following"), "moat drops --follow: {ready}");
-    Ok((node, follower))
+fn node_logging_drops() -> (Node, Running) {
+    let node = Node::new(drop_log_conf(LOG_GROUP));
+    let follower = node.follow_drops();
+    (node, follower)
 }
 
 /// The drop counters, then the first lines the follower printed.
