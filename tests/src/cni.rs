@@ -207,7 +207,11 @@ impl Node {
 
     /// `nft -j list table inet <table>` in the node netns.
     pub fn nft_table(&self) -> Option<Value> {
-        let table = self.conf["isolation"]["table"].as_str().unwrap_or("moat");
+        self.nft_table_named(self.conf["isolation"]["table"].as_str().unwrap_or("moat"))
+    }
+
+    /// `nft -j list table inet <table>` in the node netns, any table.
+    pub fn nft_table_named(&self, table: &str) -> Option<Value> {
         let out = self
             .ns
             .exec("nft")

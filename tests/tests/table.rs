@@ -7,8 +7,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use etherparse::PacketBuilder;
-use moat_e2e::cni::{attach, dual_stack_conf, Node, Pod};
-use moat_e2e::probe::{Sink, PORT};
+use moat_e2e::cni::{attach, drop_log_conf, dual_stack_conf, Node, Pod};
+use moat_e2e::probe::{reach, serve, Proto, Sink, PORT};
+use serde_json::json;
 
 #[test]
 fn rule_count_does_not_grow_with_pods() {
@@ -293,4 +294,61 @@ fn send_forged(dst: Ipv4Addr, port: u16, n: u32) -> u32 {
         }
     }
     sent
+}
+
+/// A second moat network in the same node netns (its own table, ranges and
+/// state) shares the namespace's conntrack and NFLOG groups: its first ADD
+/// is refused while its fast-path bits or log group are the first network's,
+/// and goes through once they are its own, with both networks isolating.
+#[test]
+fn a_second_network_must_not_share_mark_bits_or_log_group() {
+    let node = Node::new(drop_log_conf(47));
+    let first = attach(&node, &["a", "a", "b"]);
+    let mut second = node.conf.clone();
+    second["name"] = "moat-second".into();
+    second["isolation"]["table"] = "moat2".into();
+    second["ipam"] = json!({"ranges": [[{"subnet": "10.78.0.0/24"}]]});
+    second["dataDir"] = json!(node.data_dir.join("second"));
+    second["runDir"] = json!(node.data_dir.join("second/run"));
+    let mut pods = vec![Pod::new("a"), Pod::new("a"), Pod::new("b")];
+
+    let refused = node.call_with(&pods[0].call("ADD"), &second);
+    let msg = refused.json().to_string();
+    assert_eq!(refused.code(), 7, "same bits, same group: {msg}");
+    assert!(
+        msg.contains("flowMarkMask 0xfffff000 overlaps 0xfffff000 of table inet moat "),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("logGroup 47 is the group table inet moat "),
+        "{msg}"
+    );
+    assert!(node.nft_table_named("moat2").is_none(), "nothing built");
+
+    second["isolation"]["flowMarkMask"] = 0x0000_0f00.into();
+    let refused = node.call_with(&pods[0].call("ADD"), &second);
+    let msg = refused.json().to_string();
+    assert_eq!(refused.code(), 7, "own bits, same group: {msg}");
+    assert!(!msg.contains("flowMarkMask") && msg.contains("logGroup 47"));
+
+    second["isolation"]["logGroup"] = 48.into();
+    for pod in &mut pods {
+        let out = node.call_with(&pod.call("ADD"), &second).ok();
+        pod.set_result(&out.json());
+    }
+    for (from, to, allowed) in [
+        (&pods[0], &pods[1], true),
+        (&pods[0], &pods[2], false),
+        (&first[0], &first[1], true),
+        (&first[0], &first[2], false),
+    ] {
+        serve(&to.ns);
+        for _ in 0..2 {
+            // The second time over the fast path, each table's own bits.
+            assert_eq!(reach(&from.ns, to.ip(false), Proto::Tcp), allowed);
+        }
+    }
+    for pod in &pods {
+        node.call_with(&pod.call("DEL"), &second).ok();
+    }
 }

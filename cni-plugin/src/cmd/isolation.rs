@@ -13,6 +13,7 @@ use crate::policy::diff::{peers_change, policy_change};
 use crate::policy::droplog::LogTarget;
 use crate::policy::epoch::{mark, EpochMark};
 use crate::policy::file::{load, save};
+use crate::policy::neighbours::{claim, conflicts};
 use crate::policy::peers::{self, Peer};
 use crate::policy::ruleset::{fast_elements, full, pod_change, tenants_with_chains, Groups, Known};
 use crate::policy::{PodEntry, Policy, Project, Role, TableSpec};
@@ -266,6 +267,7 @@ pub fn rebuild<S: IpStore, F: Firewall>(
     next_epoch(conf, &mut layout)?;
     let groups = &layout.groups;
     let spec = spec(conf);
+    check_neighbours(&spec, fw)?;
     let table = full(&spec, policy, &pods, &peers, groups, layout.epoch);
     fw.apply("rebuild", &table).map_err(fw_err)?;
     record_cluster(conf, &spec.cluster_cidrs);
@@ -281,6 +283,29 @@ pub fn rebuild<S: IpStore, F: Firewall>(
     }
     info!(table = %conf.isolation.table, pods = pods.len(), peers = peers.len(), "table rebuilt");
     Ok(())
+}
+
+/// Refuse to build our table next to another moat network's that uses our
+/// conntrack-mark bits or log group ([`crate::policy::neighbours`]). Every
+/// table comes from a rebuild, and so does every change of those settings.
+fn check_neighbours<F: Firewall>(spec: &TableSpec, fw: &mut F) -> Result<(), CniError> {
+    let mut claims = Vec::new();
+    for name in fw.inet_tables().map_err(fw_err)? {
+        if name != spec.table {
+            if let Some(listing) = fw.list_table(&name).map_err(fw_err)? {
+                claims.extend(claim(&name, &listing));
+            }
+        }
+    }
+    let problems = conflicts(spec, &claims);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(CniError::new(
+        Code::InvalidConfig,
+        "another moat network on this node shares this one's conntrack-mark bits or log group",
+    )
+    .with_details(problems.join("; ")))
 }
 
 /// Add or remove one pod's elements; if that fails (the table was flushed,

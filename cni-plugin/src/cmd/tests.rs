@@ -261,3 +261,38 @@ fn del_is_idempotent_and_gc_keeps_only_listed() {
         "GC remakes the table"
     );
 }
+
+/// Another moat network's table with our conntrack-mark bits: the first ADD,
+/// which builds our table, is refused as a configuration error before any
+/// wiring, and leaves nothing behind.
+#[test]
+fn a_neighbour_table_with_our_mark_bits_refuses_the_build() {
+    let conf = conf(json!({}));
+    let mut w = World::default();
+    let epoch = json!({"match": {"left": {"ct": {"key": "mark"}}, "op": "==",
+        "right": {"prefix": {"addr": 4096, "len": 20}}}});
+    w.fw.others.insert(
+        "moat-other".into(),
+        json!({"nftables": [
+            {"chain": {"family": "inet", "table": "moat-other", "name": "antispoof"}},
+            {"set": {"family": "inet", "table": "moat-other", "name": "podsrc4"}},
+            {"rule": {"family": "inet", "table": "moat-other", "chain": "epoch", "expr": [epoch, {"accept": null}]}},
+        ]}),
+    );
+    let err = w.run(&conf, &inv("ADD", "c1")).unwrap_err();
+    assert_eq!(err.code, Code::InvalidConfig);
+    assert!(err.details.contains("table inet moat-other"), "{err:?}");
+    assert!(w.fw.applied.is_empty(), "no table built");
+    assert!(w.store.records.is_empty() && w.store.ips.is_empty());
+    assert!(w.wiring.links.is_empty());
+    // With bits of its own it builds.
+    let own = NetConf {
+        isolation: crate::spec::IsolationConf {
+            flow_mark_mask: 0x0000_0f00,
+            ..conf.isolation.clone()
+        },
+        ..conf.clone()
+    };
+    w.run(&own, &inv("ADD", "c1")).unwrap();
+    assert_eq!(w.fw.applied[0].0, "rebuild");
+}

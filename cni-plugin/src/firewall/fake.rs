@@ -1,5 +1,7 @@
 //! A recording [`Firewall`] for unit tests.
 
+use std::collections::BTreeMap;
+
 use serde_json::Value;
 
 use super::{DropCount, Firewall, FirewallError};
@@ -10,6 +12,8 @@ pub struct FakeFirewall {
     /// (what, JSON) of every applied batch.
     pub applied: Vec<(&'static str, Value)>,
     pub table_present: bool,
+    /// Other tables of the namespace: name → `list table` answer.
+    pub others: BTreeMap<String, Value>,
 }
 
 impl Firewall for FakeFirewall {
@@ -18,10 +22,16 @@ impl Firewall for FakeFirewall {
         self.table_present = true;
         Ok(())
     }
-    fn list_table(&mut self, _: &str) -> Result<Option<Value>, FirewallError> {
+    fn list_table(&mut self, table: &str) -> Result<Option<Value>, FirewallError> {
+        if let Some(other) = self.others.get(table) {
+            return Ok(Some(other.clone()));
+        }
         Ok(self
             .table_present
             .then(|| serde_json::json!({"nftables": []})))
+    }
+    fn inet_tables(&mut self) -> Result<Vec<String>, FirewallError> {
+        Ok(self.others.keys().cloned().collect())
     }
     fn drops(&mut self, _: &str) -> Result<Vec<DropCount>, FirewallError> {
         Ok(Vec::new())

@@ -1,5 +1,6 @@
 //! nftables: apply a planned batch to our own table, read it back. Nothing
-//! outside our table is ever listed, flushed or changed.
+//! outside our table is ever flushed or changed; other tables are only read,
+//! at a rebuild, to find another moat network's (`policy::neighbours`).
 
 mod drops;
 #[cfg(test)]
@@ -55,6 +56,8 @@ pub trait Firewall {
     fn apply(&mut self, what: &'static str, batch: &Batch) -> Result<(), FirewallError>;
     /// `nft -j list table inet <table>`, or `None` if the table does not exist.
     fn list_table(&mut self, table: &str) -> Result<Option<Value>, FirewallError>;
+    /// The names of the namespace's `inet` tables, ours included.
+    fn inet_tables(&mut self) -> Result<Vec<String>, FirewallError>;
     /// Per (source, destination) packet counts of dropped cross-tenant traffic.
     fn drops(&mut self, table: &str) -> Result<Vec<DropCount>, FirewallError>;
 }
@@ -163,6 +166,18 @@ impl Firewall for NftFirewall {
 
     fn list_table(&mut self, table: &str) -> Result<Option<Value>, FirewallError> {
         self.list("table", table, &["list", "table", "inet", table])
+    }
+
+    fn inet_tables(&mut self) -> Result<Vec<String>, FirewallError> {
+        let listing = self.list("tables", "*", &["list", "tables", "inet"])?;
+        Ok(listing
+            .as_ref()
+            .and_then(|l| l["nftables"].as_array())
+            .into_iter()
+            .flatten()
+            .filter_map(|o| o.pointer("/table/name").and_then(Value::as_str))
+            .map(String::from)
+            .collect())
     }
 
     fn drops(&mut self, table: &str) -> Result<Vec<DropCount>, FirewallError> {

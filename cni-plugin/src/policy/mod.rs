@@ -10,6 +10,9 @@ pub mod epoch;
 mod epoch_tests;
 pub mod file;
 pub mod model;
+pub mod neighbours;
+#[cfg(test)]
+mod neighbours_tests;
 pub mod nftjson;
 pub mod peers;
 pub mod ruleset;
