@@ -78,6 +78,8 @@ fn drop_log_group(expr: &Value) -> Option<u16> {
     u16::try_from(log["group"].as_u64()?).ok()
 }
 
+const ANOTHER: &str = "another moat network's, or this one's under an old name: then delete it";
+
 /// Why `spec` cannot share the namespace with the tables of `claims` (ours
 /// excluded), one line each; empty if it can.
 pub fn conflicts(spec: &TableSpec, claims: &[Claim]) -> Vec<String> {
@@ -87,7 +89,7 @@ pub fn conflicts(spec: &TableSpec, claims: &[Claim]) -> Vec<String> {
             if theirs & spec.flow_mark_mask != 0 {
                 out.push(format!(
                     "isolation.flowMarkMask {:#010x} overlaps {theirs:#010x} of table inet {} \
-                     (another moat network here): give each network its own conntrack-mark bits",
+                     ({ANOTHER}): give each network its own conntrack-mark bits",
                     spec.flow_mark_mask, c.table
                 ));
             }
@@ -95,8 +97,8 @@ pub fn conflicts(spec: &TableSpec, claims: &[Claim]) -> Vec<String> {
         if let Some(LogTarget::Group(g)) = spec.log {
             if c.log_groups.contains(&g) {
                 out.push(format!(
-                    "isolation.logGroup {g} is the group table inet {} (another moat network \
-                     here) logs to: a group has one reader, give each network its own",
+                    "isolation.logGroup {g} is the group table inet {} ({ANOTHER}) logs to: \
+                     a group has one reader, give each network its own",
                     c.table
                 ));
             }
