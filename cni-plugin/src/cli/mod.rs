@@ -122,6 +122,12 @@ fn execute(cli: &Cli) -> Result<String, CniError> {
         follow_drops(&conf, count)?;
         return Ok(String::new());
     }
+    // Read before the lock: a writer that stalls (the agent's pipe) must not
+    // hold up every ADD and DEL on the node.
+    let synced = match &cli.command {
+        Top::Peers(PeersCmd::Sync { file }) => Some(read_peers(file)?),
+        _ => None,
+    };
     let _lock =
         StateLock::acquire(&conf.state_dir()).map_err(|e| CniError::from_error(Code::Io, &e))?;
     let store =
@@ -139,8 +145,8 @@ fn execute(cli: &Cli) -> Result<String, CniError> {
         Top::Pods => report::pods(&load_policy(&conf)?, &store),
         Top::Drops { .. } => report::drops(&conf, &store, &mut fw),
         Top::Peers(PeersCmd::List) => report::peers(&load_policy(&conf)?, &load_peers(&conf)?),
-        Top::Peers(PeersCmd::Sync { file }) => {
-            let peers = read_peers(file)?;
+        Top::Peers(PeersCmd::Sync { .. }) => {
+            let peers = synced.expect("read above");
             peers_changed(&conf, &store, &mut fw, &peers)?;
             Ok(format!("{} peers synced\n", peers.len()))
         }

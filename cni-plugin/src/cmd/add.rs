@@ -3,7 +3,8 @@
 use serde_json::Value;
 use tracing::{info, warn};
 
-use super::isolation::{pod_changed, pod_wired, project_group};
+use super::isolation::{pod_changed, pod_removed, pod_wired};
+use super::layout::project_group;
 use super::naming::{host_ifname, link_alias};
 use super::Ctx;
 use crate::firewall::Firewall;
@@ -184,8 +185,7 @@ fn rollback<S: IpStore, W: Wiring, F: Firewall>(ctx: &mut Ctx<S, W, F>, record: 
         .map_err(|e| e.to_string())
         .and_then(|_lock| {
             ctx.store.remove(&record.key).map_err(|e| e.to_string())?;
-            pod_changed(ctx.conf, ctx.store, ctx.firewall, record, false, None)
-                .map_err(|e| e.to_string())
+            pod_removed(ctx.conf, ctx.store, ctx.firewall, record).map_err(|e| e.to_string())
         });
     if let Err(e) = removed {
         warn!(container_id = %record.key.container_id, error = %e, "rollback: cannot release addresses");

@@ -3,15 +3,14 @@
 
 use std::collections::BTreeSet;
 
-use serde::{Deserialize, Serialize};
-
 use tracing::{info, warn};
 
+use super::layout::{forget_layout, load_layout, next_epoch, save_layout, settings, Built, Layout};
 use crate::firewall::Firewall;
 use crate::ipam::{Attachment, IpStore};
 use crate::policy::diff::{peers_change, policy_change};
 use crate::policy::droplog::LogTarget;
-use crate::policy::epoch::{mark, EpochMark};
+use crate::policy::epoch::mark;
 use crate::policy::file::{load, save};
 use crate::policy::neighbours::{claim, conflicts};
 use crate::policy::peers::{self, Peer};
@@ -131,121 +130,6 @@ fn fw_err(e: crate::firewall::FirewallError) -> CniError {
     CniError::from_error(Code::Firewall, &e)
 }
 
-/// What this node's table holds beyond the pods' own elements, as last
-/// built, and the interface group of every project that had a pod here.
-/// Lives in the run directory with the records: a reboot removes the veths
-/// that carry the groups, and the table, together with it.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct Layout {
-    /// Unique among the node's veths: a project keeps its number until a
-    /// rebuild finds it without pods.
-    groups: Groups,
-    /// `None` after the file was lost: the next change rebuilds the table.
-    built: Option<Built>,
-    /// The fast path's epoch (`policy::epoch`), saved before the table gets
-    /// it, so that it never goes back to a value the table had.
-    #[serde(default)]
-    epoch: u64,
-}
-
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Built {
-    /// Tenants with a chain.
-    chains: BTreeSet<Project>,
-    /// Groups with an element in the group map.
-    mapped: BTreeSet<u32>,
-    /// The table-wide settings it was built with ([`settings`]).
-    #[serde(default)]
-    settings: String,
-}
-
-/// The network config's table-wide settings (log target, masquerade,
-/// cluster ranges, flow-mark bits, table), comparable. Built into the rules
-/// rather than the elements, so a table built with others is rebuilt at the
-/// next change: an operator who turns logging on in the conflist sees it at
-/// the next ADD or DEL, not only after `moat reconcile`. (Its Debug form: a
-/// new Rust that prints it differently costs one rebuild.)
-fn settings(spec: &TableSpec) -> String {
-    format!("{spec:?}")
-}
-
-const LAYOUT: &str = "layout.json";
-
-/// The layout, or one recovered from the records (their groups are exactly
-/// the ones live veths carry) with nothing known to be built.
-fn load_layout<S: IpStore>(conf: &NetConf, store: &S) -> Result<Layout, CniError> {
-    if let Ok(bytes) = std::fs::read(conf.state_dir().join(LAYOUT)) {
-        if let Ok(mut layout) = serde_json::from_slice::<Layout>(&bytes) {
-            let now = settings(&spec(conf));
-            if layout.built.as_ref().is_some_and(|b| b.settings != now) {
-                info!(settings = %now, "the table was built with other settings: rebuilding it");
-                layout.built = None;
-            }
-            return Ok(layout);
-        }
-    }
-    let records = store
-        .list()
-        .map_err(|e| CniError::from_error(Code::Io, &e))?;
-    let mut groups = Groups::new();
-    for r in records.iter().filter(|r| r.group != 0) {
-        if let Ok(p) = Project::new(&r.project) {
-            groups.entry(p).or_insert(r.group);
-        }
-    }
-    Ok(Layout {
-        groups,
-        built: None,
-        epoch: recovered_epoch(),
-    })
-}
-
-/// With the file lost, the epoch the table holds is unknown: start far from
-/// wherever the counter was (a million epochs by default), not at 0.
-fn recovered_epoch() -> u64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
-    now.map_or(0, |d| d.as_secs())
-}
-
-/// Move the epoch and save it before the table gets it.
-fn next_epoch(conf: &NetConf, layout: &mut Layout) -> Result<Option<EpochMark>, CniError> {
-    layout.epoch += 1;
-    let m = mark(conf.isolation.flow_mark_mask, layout.epoch);
-    if m.is_some() {
-        save_layout(conf, layout)?;
-    }
-    Ok(m)
-}
-
-fn save_layout(conf: &NetConf, layout: &Layout) -> Result<(), CniError> {
-    let json = serde_json::to_vec(layout).expect("layout serialises");
-    crate::durable::replace(&conf.state_dir(), LAYOUT, &json)
-        .map_err(|e| CniError::from_error(Code::Io, &e))
-}
-
-/// The interface group of `project`'s veths on this node: its own number,
-/// given at its first pod and saved before any veth carries it, so that two
-/// projects never share one (a number is only dropped, by a rebuild, once no
-/// record and so no veth has it). 0 when isolation is off. The layout it
-/// read goes on to [`pod_changed`], which need not read it again.
-pub fn project_group<S: IpStore>(
-    conf: &NetConf,
-    store: &S,
-    project: &Project,
-) -> Result<(u32, Option<Layout>), CniError> {
-    if !conf.isolation.enabled {
-        return Ok((0, None));
-    }
-    let mut layout = load_layout(conf, store)?;
-    if let Some(g) = layout.groups.get(project) {
-        return Ok((*g, Some(layout)));
-    }
-    let next = layout.groups.values().max().map_or(1, |g| g + 1);
-    layout.groups.insert(project.clone(), next);
-    save_layout(conf, &layout)?;
-    Ok((next, Some(layout)))
-}
-
 /// Make the whole table from persisted state, in one transaction.
 pub fn rebuild<S: IpStore, F: Firewall>(
     conf: &NetConf,
@@ -253,7 +137,7 @@ pub fn rebuild<S: IpStore, F: Firewall>(
     fw: &mut F,
     policy: &Policy,
 ) -> Result<(), CniError> {
-    let mut layout = load_layout(conf, store)?;
+    let mut layout = load_layout(conf, store, policy)?;
     let records = store
         .list()
         .map_err(|e| CniError::from_error(Code::Io, &e))?;
@@ -264,6 +148,10 @@ pub fn rebuild<S: IpStore, F: Firewall>(
     // and the map and chains stay as small as the node's projects.
     let live: BTreeSet<&Project> = pods.iter().map(|p| &p.project).collect();
     layout.groups.retain(|p, _| live.contains(p));
+    // Saved with the new epoch: if this rebuild fails, the next change must
+    // not trust the old group map for the pruned groups (a new project could
+    // get one of their numbers and be judged by the old project's chain).
+    layout.built = None;
     next_epoch(conf, &mut layout)?;
     let groups = &layout.groups;
     let spec = spec(conf);
@@ -275,7 +163,7 @@ pub fn rebuild<S: IpStore, F: Firewall>(
     layout.built = Some(Built {
         chains: tenants_with_chains(policy, &pods, &peers, groups),
         mapped,
-        settings: settings(&spec),
+        settings: settings(&spec, policy),
     });
     // Best effort: a lost file costs a rebuild, not correctness.
     if let Err(e) = save_layout(conf, &layout) {
@@ -328,7 +216,7 @@ pub fn pod_changed<S: IpStore, F: Firewall>(
     let policy = load_policy(conf)?;
     let mut layout = match layout {
         Some(l) => l,
-        None => load_layout(conf, store)?,
+        None => load_layout(conf, store, &policy)?,
     };
     let Some(built) = layout.built.as_ref() else {
         return rebuild(conf, store, fw, &policy);
@@ -364,6 +252,24 @@ pub fn pod_changed<S: IpStore, F: Firewall>(
         }
     }
     Ok(())
+}
+
+/// [`pod_changed`] for a pod whose record and addresses are already gone.
+/// If the table could not be changed, the pod's elements may still be in it
+/// while its addresses are free again: forget the layout, so that the next
+/// change rebuilds from the records first (an ADD handing an address to
+/// another project's pod rebuilds before anything, or fails).
+pub fn pod_removed<S: IpStore, F: Firewall>(
+    conf: &NetConf,
+    store: &S,
+    fw: &mut F,
+    record: &Attachment,
+) -> Result<(), CniError> {
+    let result = pod_changed(conf, store, fw, record, false, None);
+    if result.is_err() {
+        forget_layout(conf);
+    }
+    result
 }
 
 /// The fast path's elements of a pod whose veth exists (see
@@ -402,7 +308,8 @@ fn in_place<S: IpStore, F: Firewall>(
     persist: impl FnOnce() -> Result<(), CniError>,
     plan: impl FnOnce(&Policy, &Groups, &BTreeSet<Project>) -> Result<Planned, CniError>,
 ) -> Result<(), CniError> {
-    let mut layout = load_layout(conf, store)?;
+    // Read against the policy the table was built for: still the file's.
+    let mut layout = load_layout(conf, store, &load_policy(conf)?)?;
     let built = layout.built.take();
     // Peers and policy may take permissions away: open connections meet the
     // rules again (the new epoch is saved with "not built").
@@ -430,6 +337,7 @@ fn in_place<S: IpStore, F: Firewall>(
         }
     }
     built.chains.extend(made);
+    built.settings = settings(&spec(conf), &policy);
     layout.built = Some(built);
     save_layout(conf, &layout)?;
     info!(table = %conf.isolation.table, what, "applied in place");

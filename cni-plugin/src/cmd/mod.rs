@@ -6,6 +6,7 @@ mod check;
 mod del;
 mod gc;
 pub mod isolation;
+mod layout;
 mod naming;
 mod status;
 mod teardown;

@@ -2,7 +2,7 @@
 
 use tracing::info;
 
-use super::isolation::pod_changed;
+use super::isolation::pod_removed;
 use super::naming::host_ifname;
 use super::Ctx;
 use crate::firewall::Firewall;
@@ -38,7 +38,7 @@ pub(super) fn forget<S: IpStore, F: Firewall>(
     let io = |e: crate::ipam::StoreError| CniError::from_error(Code::Io, &e);
     let record = store.remove(key).map_err(io)?;
     if let Some(r) = &record {
-        pod_changed(conf, store, firewall, r, false, None)?;
+        pod_removed(conf, store, firewall, r)?;
     }
     Ok(record)
 }

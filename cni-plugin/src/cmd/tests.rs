@@ -296,3 +296,87 @@ fn a_neighbour_table_with_our_mark_bits_refuses_the_build() {
     w.run(&own, &inv("ADD", "c1")).unwrap();
     assert_eq!(w.fw.applied[0].0, "rebuild");
 }
+
+fn kinds(w: &World) -> Vec<&'static str> {
+    w.fw.applied.iter().map(|(what, _)| *what).collect()
+}
+
+/// A DEL whose table change failed (here: the policy file cannot be read)
+/// has freed the pod's addresses while its elements are still in the table:
+/// the next ADD, which may hand one of them to another project's pod,
+/// rebuilds first instead of trusting the layout.
+#[test]
+fn a_failed_removal_makes_the_next_add_rebuild() {
+    let conf = conf(json!({}));
+    let mut w = World::default();
+    w.run(&conf, &inv("ADD", "c1")).unwrap();
+    std::fs::write(conf.policy_path(), "{not json").unwrap();
+    let err = w.run(&conf, &inv("DEL", "c1")).unwrap_err();
+    assert_eq!(err.code, Code::InvalidConfig);
+    std::fs::remove_file(conf.policy_path()).unwrap();
+    w.run(&conf, &inv("DEL", "c1")).unwrap();
+    w.run(&conf, &inv("ADD", "c2")).unwrap();
+    assert_eq!(kinds(&w), ["rebuild", "pod wired", "rebuild", "pod wired"]);
+}
+
+/// A rebuild that failed (here: a GC's) leaves the layout saying "not
+/// built", so the next change rebuilds rather than changing a table it no
+/// longer describes (the rebuild had already pruned groups in the layout).
+#[test]
+fn a_failed_rebuild_is_not_taken_for_built() {
+    let base = conf(json!({}));
+    let mut w = World::default();
+    w.run(&base, &inv("ADD", "c1")).unwrap();
+    w.fw.failing = vec!["rebuild"];
+    let gc_conf =
+        conf(json!({"cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}]}));
+    let gc_conf = NetConf {
+        data_dir: base.data_dir.clone(),
+        run_dir: base.run_dir.clone(),
+        ..gc_conf
+    };
+    let gc = Invocation::from_env(|k| (k == "CNI_COMMAND").then(|| "GC".to_string())).unwrap();
+    assert!(w.run(&gc_conf, &gc).is_err());
+    w.fw.failing.clear();
+    w.run(&base, &inv("ADD", "c2")).unwrap();
+    assert_eq!(kinds(&w), ["rebuild", "pod wired", "rebuild", "pod wired"]);
+}
+
+/// The policy can change without `moat project …`: a file put in place
+/// ahead of `moat reconcile`, or `globalProjects` in the conflist while no
+/// file exists. The next ADD rebuilds for it; an unchanged policy does not.
+#[test]
+fn a_policy_changed_behind_the_cli_rebuilds_at_the_next_add() {
+    let base = conf(json!({}));
+    let mut w = World::default();
+    w.run(&base, &inv("ADD", "c1")).unwrap();
+    let no_dns = NetConf {
+        isolation: crate::spec::IsolationConf {
+            global_projects: Default::default(),
+            ..base.isolation.clone()
+        },
+        ..base.clone()
+    };
+    w.run(&no_dns, &inv("ADD", "c2")).unwrap();
+    w.run(&no_dns, &inv("ADD", "c3")).unwrap();
+    let team_a = crate::policy::Project::new("team-a").unwrap();
+    let file = crate::policy::Policy::with_global([team_a]);
+    super::isolation::save_policy(&no_dns, &file).unwrap();
+    w.run(&no_dns, &inv("ADD", "c4")).unwrap();
+    let (before, after) = (w.fw.applied[2].1.to_string(), w.fw.applied[6].1.to_string());
+    assert_eq!(
+        kinds(&w),
+        [
+            "rebuild",
+            "pod wired",
+            "rebuild",
+            "pod wired",
+            "pod add",
+            "pod wired",
+            "rebuild",
+            "pod wired"
+        ]
+    );
+    assert!(before.contains("tenant-team-a"), "a tenant before");
+    assert!(!after.contains("tenant-team-a"), "global after: {after}");
+}

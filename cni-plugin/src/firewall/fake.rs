@@ -14,10 +14,18 @@ pub struct FakeFirewall {
     pub table_present: bool,
     /// Other tables of the namespace: name → `list table` answer.
     pub others: BTreeMap<String, Value>,
+    /// Transactions (by `what`) that fail, as a flushed or busy table would.
+    pub failing: Vec<&'static str>,
 }
 
 impl Firewall for FakeFirewall {
     fn apply(&mut self, what: &'static str, batch: &Batch) -> Result<(), FirewallError> {
+        if self.failing.contains(&what) {
+            return Err(FirewallError::Json {
+                table: batch.table.clone(),
+                source: serde_json::from_str::<Value>("refused").unwrap_err(),
+            });
+        }
         self.applied.push((what, batch.to_json()));
         self.table_present = true;
         Ok(())
