@@ -386,6 +386,36 @@ fn lost_table_reports_51_fails_check_and_reconcile_repairs_it() {
     assert!(!reach(&extra[0].ns, pods[1].ip(false), Proto::Icmp));
 }
 
+/// `nft flush table` leaves the chains and sets (every address still
+/// found) without a rule: reported and repaired as a lost table.
+#[test]
+fn flushed_table_reports_51_fails_check_and_reconcile_repairs_it() {
+    let node = Node::new(dual_stack_conf("1.1.0"));
+    let pods = attach(&node, &["a", "b"]);
+    serve(&pods[1].ns);
+    let status = Call {
+        command: "STATUS",
+        ..Call::default()
+    };
+    node.call(&status).ok();
+    node.nft_script("flush table inet moat");
+    let out = node.call(&status);
+    assert_eq!(out.code(), 51, "{}", out.stdout);
+    assert!(out.stdout.contains("empty chains"), "{}", out.stdout);
+    let mut conf = node.conf.clone();
+    conf["prevResult"] = pods[0].result.clone();
+    assert_eq!(node.call_with(&pods[0].call("CHECK"), &conf).code(), 103);
+    assert!(
+        reach(&pods[0].ns, pods[1].ip(false), Proto::Tcp),
+        "unprotected"
+    );
+    node.cli(&["reconcile"]).ok();
+    node.call(&status).ok();
+    node.call_with(&pods[0].call("CHECK"), &conf).ok();
+    assert!(!reach(&pods[0].ns, pods[1].ip(false), Proto::Tcp));
+    assert!(!reach(&pods[0].ns, pods[1].ip(true), Proto::Icmp));
+}
+
 fn set_elements(listing: &serde_json::Value, name: &str) -> BTreeSet<String> {
     let sets = listing["nftables"].as_array().unwrap().iter();
     let set = sets

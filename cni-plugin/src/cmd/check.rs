@@ -2,6 +2,7 @@
 
 use std::net::IpAddr;
 
+use super::isolation::listing_fault;
 use super::Ctx;
 use crate::firewall::{set_contains, Firewall};
 use crate::ipam::{Attachment, AttachmentKey, IpStore};
@@ -52,7 +53,7 @@ pub(super) fn check<S: IpStore, W: Wiring, F: Firewall>(
     Ok(())
 }
 
-/// The table exists and knows every address of the pod.
+/// The table exists, filters, and knows every address of the pod.
 fn check_firewall<S: IpStore, W: Wiring, F: Firewall>(
     ctx: &mut Ctx<S, W, F>,
     record: &Attachment,
@@ -63,6 +64,9 @@ fn check_firewall<S: IpStore, W: Wiring, F: Firewall>(
         .list_table(table)
         .map_err(|e| CniError::from_error(Code::Firewall, &e))?
         .ok_or_else(|| failed(&format!("nftables table inet {table} is missing")))?;
+    if let Some(fault) = listing_fault(ctx.conf, &listing) {
+        return Err(failed(&fault));
+    }
     for ip in &record.ips {
         let set = if ip.is_ipv4() { "pods4" } else { "pods6" };
         if !set_contains(&listing, set, *ip) {

@@ -8,6 +8,7 @@ use tracing::{info, warn};
 use super::layout::{forget_layout, load_layout, next_epoch, save_layout, settings, Built, Layout};
 use crate::firewall::Firewall;
 use crate::ipam::{Attachment, IpStore};
+use crate::policy::chains::empty_chains;
 use crate::policy::diff::{peers_change, policy_change};
 use crate::policy::droplog::LogTarget;
 use crate::policy::epoch::mark;
@@ -392,10 +393,24 @@ pub fn policy_changed<S: IpStore, F: Firewall>(
     )
 }
 
-/// Whether the table exists (STATUS, CHECK).
-pub fn table_present<F: Firewall>(conf: &NetConf, fw: &mut F) -> Result<bool, CniError> {
-    Ok(fw
-        .list_table(&conf.isolation.table)
-        .map_err(fw_err)?
-        .is_some())
+/// Why our table cannot be filtering as built (STATUS, CHECK), or `None`:
+/// it is missing, or fixed chains are empty (see [`empty_chains`]).
+pub fn table_fault<F: Firewall>(conf: &NetConf, fw: &mut F) -> Result<Option<String>, CniError> {
+    let table = &conf.isolation.table;
+    let Some(listing) = fw.list_table(table).map_err(fw_err)? else {
+        return Ok(Some(format!("nftables table inet {table} is missing")));
+    };
+    Ok(listing_fault(conf, &listing))
+}
+
+/// [`table_fault`] of a listing the caller has.
+pub fn listing_fault(conf: &NetConf, listing: &serde_json::Value) -> Option<String> {
+    let empty = empty_chains(&spec(conf), listing);
+    (!empty.is_empty()).then(|| {
+        format!(
+            "nftables table inet {} has empty chains ({}): flushed?",
+            conf.isolation.table,
+            empty.join(", ")
+        )
+    })
 }

@@ -2,7 +2,7 @@
 
 use std::fs;
 
-use super::isolation::table_present;
+use super::isolation::table_fault;
 use super::Ctx;
 use crate::firewall::Firewall;
 use crate::ipam::{free_count, IpStore};
@@ -41,14 +41,13 @@ pub(super) fn status<S: IpStore, W: Wiring, F: Firewall>(
     // A missing table with no pods is a fresh node: the first ADD makes it.
     // With pods attached it means they run unisolated.
     let pods = ctx.store.list().map_err(|e| unavailable(e.to_string()))?;
-    if ctx.conf.isolation.enabled && !pods.is_empty() && !table_present(ctx.conf, ctx.firewall)? {
-        return Err(CniError::new(
-            Code::NotAvailableLimited,
-            format!(
-                "nftables table inet {} is missing: pods are not isolated; run `moat reconcile`",
-                ctx.conf.isolation.table
-            ),
-        ));
+    if ctx.conf.isolation.enabled && !pods.is_empty() {
+        if let Some(fault) = table_fault(ctx.conf, ctx.firewall)? {
+            return Err(CniError::new(
+                Code::NotAvailableLimited,
+                format!("{fault}: pods are not isolated; run `moat reconcile`"),
+            ));
+        }
     }
     Ok(())
 }

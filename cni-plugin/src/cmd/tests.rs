@@ -380,3 +380,35 @@ fn a_policy_changed_behind_the_cli_rebuilds_at_the_next_add() {
     assert!(before.contains("tenant-team-a"), "a tenant before");
     assert!(!after.contains("tenant-team-a"), "global after: {after}");
 }
+
+/// `nft flush table` keeps the chains and sets (every address is still
+/// found) but no rule: STATUS says 51 as for a missing table, CHECK fails,
+/// and a rebuild makes it whole again.
+#[test]
+fn a_flushed_table_is_reported_like_a_missing_one() {
+    let conf = conf(json!({}));
+    let mut w = World::default();
+    w.run(&conf, &inv("ADD", "c1")).unwrap();
+    w.run(&conf, &inv("STATUS", "")).unwrap();
+    w.fw.rules.clear();
+    let err = w.run(&conf, &inv("STATUS", "")).unwrap_err();
+    assert_eq!(err.code, Code::NotAvailableLimited);
+    assert!(
+        err.msg.contains("has empty chains (antispoof, "),
+        "{}",
+        err.msg
+    );
+    let gc_conf = NetConf {
+        valid_attachments: Some(
+            [crate::spec::AttachmentRef {
+                container_id: "c1".into(),
+                ifname: "eth0".into(),
+            }]
+            .into(),
+        ),
+        ..conf.clone()
+    };
+    let gc = Invocation::from_env(|k| (k == "CNI_COMMAND").then(|| "GC".to_string())).unwrap();
+    w.run(&gc_conf, &gc).unwrap();
+    w.run(&conf, &inv("STATUS", "")).unwrap();
+}

@@ -12,6 +12,8 @@ pub struct FakeFirewall {
     /// (what, JSON) of every applied batch.
     pub applied: Vec<(&'static str, Value)>,
     pub table_present: bool,
+    /// The rules our table holds, as the applied batches left them.
+    pub rules: Vec<Value>,
     /// Other tables of the namespace: name → `list table` answer.
     pub others: BTreeMap<String, Value>,
     /// Transactions (by `what`) that fail, as a flushed or busy table would.
@@ -26,6 +28,15 @@ impl Firewall for FakeFirewall {
                 source: serde_json::from_str::<Value>("refused").unwrap_err(),
             });
         }
+        for cmd in &batch.cmds {
+            if cmd.pointer("/delete/table").is_some() {
+                self.rules.clear();
+            } else if let Some(chain) = cmd.pointer("/flush/chain/name") {
+                self.rules.retain(|r| &r["chain"] != chain);
+            } else if let Some(rule) = cmd.pointer("/add/rule") {
+                self.rules.push(rule.clone());
+            }
+        }
         self.applied.push((what, batch.to_json()));
         self.table_present = true;
         Ok(())
@@ -34,9 +45,14 @@ impl Firewall for FakeFirewall {
         if let Some(other) = self.others.get(table) {
             return Ok(Some(other.clone()));
         }
+        let rules: Vec<Value> = self
+            .rules
+            .iter()
+            .map(|r| serde_json::json!({ "rule": r }))
+            .collect();
         Ok(self
             .table_present
-            .then(|| serde_json::json!({"nftables": []})))
+            .then(|| serde_json::json!({ "nftables": rules })))
     }
     fn inet_tables(&mut self) -> Result<Vec<String>, FirewallError> {
         Ok(self.others.keys().cloned().collect())

@@ -249,3 +249,32 @@ fn from_pod_chain(b: &mut Batch, f: Fam, log: Option<LogTarget>) {
     let count = drop_meter(f, EGRESS_METER, vec![f.saddr(), f.daddr()]);
     logged_drop(b, &chain, leaving, count, log, DropKind::EgressDenied);
 }
+
+/// The fixed chains that a listing of our table has empty or not at all. A
+/// table flushed with `nft flush table` keeps its chains and sets (every
+/// pod's address is still found) while nothing filters; an admin's `nft
+/// flush chain` leaves one chain so. Checked for emptiness, not for the
+/// exact rules: a table built before a settings change the next ADD applies
+/// has other rules, and is whole.
+pub fn empty_chains(spec: &TableSpec, listing: &Value) -> Vec<String> {
+    let mut plan = spec.batch();
+    base_chains(&mut plan, spec);
+    if let Some(m) = super::epoch::mark(spec.flow_mark_mask, 0) {
+        plan.set_epoch(m);
+    }
+    let chain_of = |rule: &Value| rule["chain"].as_str().map(String::from);
+    let planned: std::collections::BTreeSet<String> = plan
+        .cmds
+        .iter()
+        .filter_map(|c| c.pointer("/add/rule"))
+        .filter_map(chain_of)
+        .collect();
+    let listed: std::collections::BTreeSet<String> = listing["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o.get("rule"))
+        .filter_map(chain_of)
+        .collect();
+    planned.difference(&listed).cloned().collect()
+}

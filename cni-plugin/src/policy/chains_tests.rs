@@ -3,6 +3,7 @@
 
 use serde_json::Value;
 
+use super::chains::empty_chains;
 use super::droplog::LogTarget;
 use super::model::Policy;
 use super::ruleset::{full, Groups, TableSpec};
@@ -111,5 +112,45 @@ fn no_verdict_depends_on_a_meter_or_a_limit() {
                 .any(|s| s.get("meter").is_some() || s.get("limit").is_some());
             assert!(!(verdict && breaks), "{chain}: {expr:?}");
         }
+    }
+}
+
+/// The listing nft would give of a planned table: its rules.
+fn listed(b: &super::nftjson::Batch) -> Value {
+    let rules: Vec<Value> = b
+        .cmds
+        .iter()
+        .filter_map(|c| c.pointer("/add/rule"))
+        .map(|r| serde_json::json!({ "rule": r }))
+        .collect();
+    serde_json::json!({ "nftables": rules })
+}
+
+#[test]
+fn a_flushed_table_or_chain_is_found_empty() {
+    for (log, masq) in [(false, false), (true, true)] {
+        let built = empty_table(log, masq);
+        let spec = spec(log, masq);
+        assert_eq!(empty_chains(&spec, &listed(&built)), Vec::<String>::new());
+        // `nft flush table`: every chain kept, no rule.
+        let flushed = empty_chains(&spec, &serde_json::json!({"nftables": []}));
+        for chain in [
+            "antispoof",
+            "forward",
+            "input",
+            "to_pod4",
+            "from_pod6",
+            "epoch",
+        ] {
+            assert!(flushed.iter().any(|c| c == chain), "{chain} in {flushed:?}");
+        }
+        assert_eq!(flushed.iter().any(|c| c == "postrouting"), masq);
+        // `nft flush chain inet moat forward`
+        let mut listing = listed(&built);
+        listing["nftables"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|o| o["rule"]["chain"] != "forward");
+        assert_eq!(empty_chains(&spec, &listing), ["forward"]);
     }
 }

@@ -1,6 +1,6 @@
 //! Tenants and projects → the desired nftables ruleset, as pure data.
 
-mod chains;
+pub mod chains;
 #[cfg(test)]
 mod chains_tests;
 pub mod diff;
