@@ -34,7 +34,12 @@ pub(super) fn add<S: IpStore, W: Wiring, F: Firewall>(
         }
     };
     if let Err(e) = finish(ctx, &record, outcome.host_index) {
-        rollback(ctx, &record);
+        // The fast path's elements may be in (keyed by the index): out too.
+        let wired = Attachment {
+            host_ifindex: Some(outcome.host_index),
+            ..record
+        };
+        rollback(ctx, &wired);
         return Err(e);
     }
     Ok(build_result(ctx, &record, &outcome).to_json(ctx.conf.version))
@@ -42,7 +47,7 @@ pub(super) fn add<S: IpStore, W: Wiring, F: Firewall>(
 
 /// Under the lock: refuse a duplicate, allocate, and persist the record before
 /// any kernel change, so a crash from here on leaves something DEL/GC can undo.
-fn reserve<S: IpStore, W: Wiring, F: Firewall>(
+pub(super) fn reserve<S: IpStore, W: Wiring, F: Firewall>(
     ctx: &mut Ctx<S, W, F>,
 ) -> Result<Attachment, CniError> {
     let key = AttachmentKey::new(&ctx.inv.container_id, &ctx.inv.ifname);
@@ -147,13 +152,23 @@ fn wire<S: IpStore, W: Wiring, F: Firewall>(
 /// only now), then the record marked complete with the index DEL removes
 /// them by. Without them the pod's packets take the full path: a failure
 /// here costs speed, not the pod.
-fn finish<S: IpStore, W: Wiring, F: Firewall>(
+pub(super) fn finish<S: IpStore, W: Wiring, F: Firewall>(
     ctx: &mut Ctx<S, W, F>,
     record: &Attachment,
     host_index: u32,
 ) -> Result<(), CniError> {
     let _lock = StateLock::acquire(&ctx.conf.state_dir())
         .map_err(|e| CniError::from_error(Code::Io, &e))?;
+    // A DEL or GC of this attachment may have run while it was wired
+    // (outside the lock): its addresses are free again, and writing the
+    // record back would give them to two pods.
+    let io = |e: crate::ipam::StoreError| CniError::from_error(Code::Io, &e);
+    if ctx.store.get(&record.key).map_err(io)?.is_none() {
+        return Err(CniError::new(
+            Code::TryAgainLater,
+            "the attachment was deleted while it was being added",
+        ));
+    }
     let wired = Attachment {
         host_ifindex: Some(host_index),
         ..record.clone()
@@ -170,9 +185,7 @@ fn finish<S: IpStore, W: Wiring, F: Firewall>(
         host_ifindex,
         ..record.clone()
     };
-    ctx.store
-        .write_record(&done)
-        .map_err(|e| CniError::from_error(Code::Io, &e))
+    ctx.store.write_record(&done).map_err(io)
 }
 
 /// Undo everything a failed ADD did; failures here are logged, the original

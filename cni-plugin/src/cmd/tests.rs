@@ -4,6 +4,7 @@ use serde_json::json;
 
 use super::{dispatch, Ctx};
 use crate::firewall::fake::FakeFirewall;
+use crate::ipam::IpStore;
 use crate::ipam::fake::FakeStore;
 use crate::netlink::fake::FakeWiring;
 use crate::spec::{CniError, Code, Invocation, NetConf};
@@ -411,4 +412,28 @@ fn a_flushed_table_is_reported_like_a_missing_one() {
     let gc = Invocation::from_env(|k| (k == "CNI_COMMAND").then(|| "GC".to_string())).unwrap();
     w.run(&gc_conf, &gc).unwrap();
     w.run(&conf, &inv("STATUS", "")).unwrap();
+}
+
+/// A DEL that ran while the ADD wired the pod (outside the lock) freed its
+/// addresses: the ADD's last step must not write the record back (the
+/// addresses would then belong to two pods) but fail, for the runtime to
+/// try again.
+#[test]
+fn an_add_whose_attachment_was_deleted_meanwhile_fails() {
+    let conf = conf(json!({}));
+    let inv = inv("ADD", "c1");
+    let mut w = World::default();
+    w.dirs.0.push(conf.data_dir.clone());
+    let mut ctx = Ctx {
+        conf: &conf,
+        inv: &inv,
+        store: &mut w.store,
+        wiring: &mut w.wiring,
+        firewall: &mut w.fw,
+    };
+    let record = super::add::reserve(&mut ctx).unwrap();
+    ctx.store.remove(&record.key).unwrap();
+    let err = super::add::finish(&mut ctx, &record, 7).unwrap_err();
+    assert_eq!(err.code, Code::TryAgainLater);
+    assert!(w.store.records.is_empty() && w.store.ips.is_empty());
 }

@@ -30,10 +30,12 @@ pub enum PolicyFileError {
 /// Load the policy; before the first change it is the config's defaults.
 pub fn load(path: &Path, default_global: &[Project]) -> Result<Policy, PolicyFileError> {
     match std::fs::read(path) {
-        Ok(b) => serde_json::from_slice(&b).map_err(|source| PolicyFileError::Parse {
-            path: path.into(),
-            source,
-        }),
+        Ok(b) => serde_json::from_slice::<Policy>(&b)
+            .map(Policy::normalised)
+            .map_err(|source| PolicyFileError::Parse {
+                path: path.into(),
+                source,
+            }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             Ok(Policy::with_global(default_global.iter().cloned()))
         }

@@ -59,7 +59,9 @@ impl std::fmt::Display for Project {
 /// The operator's policy. Every project not named in a group is its own tenant.
 /// The same JSON can be shipped as a ConfigMap.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
+// Unknown keys are refused: a misspelt `egressDeny` would otherwise leave
+// egress open without a word.
+#[serde(rename_all = "camelCase", default, deny_unknown_fields)]
 pub struct Policy {
     /// Projects that reach and are reachable by every pod.
     pub global: BTreeSet<Project>,
@@ -109,6 +111,19 @@ impl Policy {
         self.groups.push(merged);
         self.groups.sort();
         Ok(())
+    }
+
+    /// The same policy with overlapping groups merged (joining is
+    /// transitive) and groups of one dropped: a file written by hand need not
+    /// be in the form `join` keeps, and `[[a, b], [b, c]]` is one tenant.
+    pub fn normalised(mut self) -> Self {
+        for group in std::mem::take(&mut self.groups) {
+            let members: Vec<Project> = group.into_iter().collect();
+            if members.len() >= 2 {
+                self.join(&members).expect("two or more members");
+            }
+        }
+        self
     }
 
     /// Make a project its own tenant again: out of any group, not global.
@@ -192,6 +207,20 @@ mod tests {
         assert_eq!(pol.role(&p("a")), Role::Global);
         pol.isolate(&p("a"));
         assert_eq!(pol.role(&p("a")), Role::Tenant(p("a")));
+    }
+
+    #[test]
+    fn a_hand_written_file_is_read_as_join_would_keep_it() {
+        let pol: Policy =
+            serde_json::from_str(r#"{"groups": [["a", "b"], ["c"], ["b", "d"]]}"#).unwrap();
+        let pol = pol.normalised();
+        assert_eq!(pol.groups.len(), 1);
+        for x in ["a", "b", "d"] {
+            assert_eq!(pol.role(&p(x)), Role::Tenant(p("a")));
+        }
+        assert_eq!(pol.role(&p("c")), Role::Tenant(p("c")));
+        let typo = serde_json::from_str::<Policy>(r#"{"egress_deny": ["a"]}"#);
+        assert!(typo.unwrap_err().to_string().contains("unknown field"));
     }
 
     #[test]

@@ -298,16 +298,29 @@ mod tests {
 
     /// The ConfigMap's conflist is what every node runs: it must parse once
     /// the install container has filled in the node's ranges.
-    #[test]
-    fn the_deployed_conflist_parses() {
+    /// A `key: |` block of the deployed ConfigMap.
+    fn configmap_block(key: &str) -> String {
         let yaml = include_str!("../../../deploy/manifests/10-cni-configmap.yaml");
-        let block: String = yaml
-            .lines()
-            .skip_while(|l| !l.contains("10-moat.conflist: |"))
+        yaml.lines()
+            .skip_while(|l| !l.contains(&format!("{key}: |")))
             .skip(1)
             .take_while(|l| l.starts_with("    "))
             .map(|l| format!("{l}\n"))
-            .collect();
+            .collect()
+    }
+
+    /// The ConfigMap's policy seeds every node and is applied on change: it
+    /// must load (unknown keys are refused).
+    #[test]
+    fn the_deployed_policy_parses() {
+        let policy: crate::policy::Policy =
+            serde_json::from_str(&configmap_block("policy.json")).expect("the policy loads");
+        assert!(policy.global.iter().any(|p| p.to_string() == "kube-system"));
+    }
+
+    #[test]
+    fn the_deployed_conflist_parses() {
+        let block = configmap_block("10-moat.conflist");
         let mut v: Value = serde_json::from_str(&block).expect("the conflist is JSON");
         v["plugins"][0]["ipam"]["ranges"] = serde_json::json!([[{"subnet": "10.244.1.0/24"}]]);
         let c = NetConf::parse(v.to_string().as_bytes(), "moat").unwrap();
