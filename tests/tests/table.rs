@@ -352,3 +352,28 @@ fn a_second_network_must_not_share_mark_bits_or_log_group() {
         node.call_with(&pod.call("DEL"), &second).ok();
     }
 }
+
+/// `isolation.enabled: false` in the config takes the table out at the next
+/// ADD (no half-working filter that knows only the older pods); turned on
+/// again, the next ADD rebuilds it, pods attached while it was off included.
+#[test]
+fn isolation_turned_off_and_on_again_applies_at_the_next_add() {
+    let node = Node::new(dual_stack_conf("1.1.0"));
+    let pods = attach(&node, &["a", "b"]);
+    serve(&pods[0].ns);
+    serve(&pods[1].ns);
+    let mut off = node.conf.clone();
+    off["isolation"]["enabled"] = false.into();
+    let mut c = Pod::new("c");
+    let out = node.call_with(&c.call("ADD"), &off).ok();
+    c.set_result(&out.json());
+    assert!(node.nft_table().is_none(), "table taken out");
+    assert!(reach(&pods[0].ns, pods[1].ip(false), Proto::Tcp), "a → b, off");
+    assert!(reach(&c.ns, pods[0].ip(true), Proto::Tcp), "c → a, off");
+
+    attach(&node, &["d"]);
+    assert!(node.nft_table().is_some(), "rebuilt");
+    assert!(!reach(&pods[0].ns, pods[1].ip(false), Proto::Tcp), "a → b, on");
+    assert!(!reach(&c.ns, pods[0].ip(true), Proto::Tcp), "c → a, on");
+    assert!(!reach(&pods[1].ns, c.ip(false), Proto::Icmp), "b → c, on");
+}

@@ -59,11 +59,10 @@ pub(super) fn gc<S: IpStore, W: Wiring, F: Firewall>(
         }
     }
     let orphans = ctx.store.release_orphans().map_err(io)?;
-    // GC is also the periodic repair: the table is remade from what survives.
-    if ctx.conf.isolation.enabled {
-        let policy = load_policy(ctx.conf)?;
-        rebuild(ctx.conf, ctx.store, ctx.firewall, &policy)?;
-    }
+    // GC is also the periodic repair: the table is remade from what survives
+    // (or, with isolation off, taken out).
+    let policy = load_policy(ctx.conf)?;
+    rebuild(ctx.conf, ctx.store, ctx.firewall, &policy)?;
     info!(
         released = stale.len(),
         orphan_ips = orphans.len(),

@@ -5,7 +5,9 @@ use std::collections::BTreeSet;
 
 use tracing::{info, warn};
 
-use super::layout::{forget_layout, load_layout, next_epoch, save_layout, settings, Built, Layout};
+use super::layout::{
+    forget_layout, layout_exists, load_layout, next_epoch, save_layout, settings, Built, Layout,
+};
 use crate::firewall::Firewall;
 use crate::ipam::{Attachment, IpStore};
 use crate::policy::chains::empty_chains;
@@ -131,6 +133,29 @@ fn fw_err(e: crate::firewall::FirewallError) -> CniError {
     CniError::from_error(Code::Firewall, &e)
 }
 
+/// Isolation turned off in the config: take our table out (left in, it
+/// would go on judging pods by the state of when it was on, and pods
+/// attached since are not in it) and forget its layout, so that turning
+/// isolation on again rebuilds from the records. Only where a layout says a
+/// table was made: a node that never had one pays a file lookup.
+fn retire_table<F: Firewall>(conf: &NetConf, fw: &mut F) -> Result<(), CniError> {
+    if !layout_exists(conf) {
+        return Ok(());
+    }
+    if fw
+        .list_table(&conf.isolation.table)
+        .map_err(fw_err)?
+        .is_some()
+    {
+        let mut batch = spec(conf).batch();
+        batch.delete_table();
+        fw.apply("retire", &batch).map_err(fw_err)?;
+        info!(table = %conf.isolation.table, "isolation is off: table removed");
+    }
+    forget_layout(conf);
+    Ok(())
+}
+
 /// Make the whole table from persisted state, in one transaction.
 pub fn rebuild<S: IpStore, F: Firewall>(
     conf: &NetConf,
@@ -138,6 +163,9 @@ pub fn rebuild<S: IpStore, F: Firewall>(
     fw: &mut F,
     policy: &Policy,
 ) -> Result<(), CniError> {
+    if !conf.isolation.enabled {
+        return retire_table(conf, fw);
+    }
     let mut layout = load_layout(conf, store, policy)?;
     let records = store
         .list()
@@ -209,7 +237,7 @@ pub fn pod_changed<S: IpStore, F: Firewall>(
     layout: Option<Layout>,
 ) -> Result<(), CniError> {
     if !conf.isolation.enabled {
-        return Ok(());
+        return retire_table(conf, fw);
     }
     let Some(pod) = entry(record) else {
         return Ok(());
@@ -268,6 +296,7 @@ pub fn pod_removed<S: IpStore, F: Firewall>(
 ) -> Result<(), CniError> {
     let result = pod_changed(conf, store, fw, record, false, None);
     if result.is_err() {
+        warn!("pod maybe not removed from the table: the next change rebuilds it");
         forget_layout(conf);
     }
     result
@@ -321,7 +350,7 @@ fn in_place<S: IpStore, F: Firewall>(
     }
     persist()?;
     if !conf.isolation.enabled {
-        return Ok(());
+        return retire_table(conf, fw);
     }
     let policy = load_policy(conf)?;
     let Some(mut built) = built else {

@@ -140,13 +140,17 @@ pub fn project_group<S: IpStore>(
     Ok((next, Some(layout)))
 }
 
+/// Whether a layout file says a table was made here.
+pub(super) fn layout_exists(conf: &NetConf) -> bool {
+    conf.state_dir().join(LAYOUT).exists()
+}
+
 /// Forget what the table was built with: the next change rebuilds it from
-/// the records (the designed path of a lost file). Best effort: called when
-/// something already failed.
+/// the records (the designed path of a lost file). Best effort.
 pub(super) fn forget_layout(conf: &NetConf) {
-    match std::fs::remove_file(conf.state_dir().join(LAYOUT)) {
-        Ok(()) => warn!("the table may not match the records: the next change rebuilds it"),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => warn!(error = %e, "cannot forget the table layout"),
+    if let Err(e) = std::fs::remove_file(conf.state_dir().join(LAYOUT)) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            warn!(error = %e, "cannot forget the table layout");
+        }
     }
 }

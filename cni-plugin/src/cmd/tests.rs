@@ -4,8 +4,8 @@ use serde_json::json;
 
 use super::{dispatch, Ctx};
 use crate::firewall::fake::FakeFirewall;
-use crate::ipam::IpStore;
 use crate::ipam::fake::FakeStore;
+use crate::ipam::IpStore;
 use crate::netlink::fake::FakeWiring;
 use crate::spec::{CniError, Code, Invocation, NetConf};
 
@@ -231,6 +231,44 @@ fn isolation_can_be_disabled() {
     let mut w = World::default();
     w.run(&conf, &inv("ADD", "c1")).unwrap();
     assert!(w.fw.applied.is_empty());
+}
+
+/// Turned off on a node that has a table, isolation takes the table out at
+/// the next ADD (not a half-working filter that knows only the old pods);
+/// turned on again, the next ADD rebuilds it with every pod, those attached
+/// while it was off included.
+#[test]
+fn isolation_turned_off_removes_the_table_and_back_on_rebuilds_it() {
+    let on = conf(json!({}));
+    let off = NetConf {
+        isolation: crate::spec::IsolationConf {
+            enabled: false,
+            ..on.isolation.clone()
+        },
+        ..on.clone()
+    };
+    let mut w = World::default();
+    w.run(&on, &inv("ADD", "c1")).unwrap();
+    w.run(&off, &inv("ADD", "c2")).unwrap();
+    w.run(&off, &inv("DEL", "c1")).unwrap();
+    w.run(&on, &inv("ADD", "c3")).unwrap();
+    assert_eq!(
+        kinds(&w),
+        ["rebuild", "pod wired", "retire", "rebuild", "pod wired"]
+    );
+    let retire = w.fw.applied[2].1.to_string();
+    assert_eq!(
+        retire,
+        r#"{"nftables":[{"delete":{"table":{"family":"inet","name":"moat"}}}]}"#
+    );
+    let podif = w.fw.applied[3].1["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|c| c.pointer("/add/set").filter(|s| s["name"] == "podif"))
+        .unwrap()["elem"]
+        .clone();
+    assert_eq!(podif.as_array().unwrap().len(), 2, "c2 and c3: {podif}");
 }
 
 #[test]
