@@ -368,12 +368,18 @@ fn isolation_turned_off_and_on_again_applies_at_the_next_add() {
     let out = node.call_with(&c.call("ADD"), &off).ok();
     c.set_result(&out.json());
     assert!(node.nft_table().is_none(), "table taken out");
-    assert!(reach(&pods[0].ns, pods[1].ip(false), Proto::Tcp), "a → b, off");
+    assert!(
+        reach(&pods[0].ns, pods[1].ip(false), Proto::Tcp),
+        "a → b, off"
+    );
     assert!(reach(&c.ns, pods[0].ip(true), Proto::Tcp), "c → a, off");
 
     attach(&node, &["d"]);
     assert!(node.nft_table().is_some(), "rebuilt");
-    assert!(!reach(&pods[0].ns, pods[1].ip(false), Proto::Tcp), "a → b, on");
+    assert!(
+        !reach(&pods[0].ns, pods[1].ip(false), Proto::Tcp),
+        "a → b, on"
+    );
     assert!(!reach(&c.ns, pods[0].ip(true), Proto::Tcp), "c → a, on");
     assert!(!reach(&pods[1].ns, c.ip(false), Proto::Icmp), "b → c, on");
 }

@@ -113,7 +113,22 @@ pub fn peers_path(conf: &NetConf) -> std::path::PathBuf {
 }
 
 pub fn load_peers(conf: &NetConf) -> Result<Vec<Peer>, CniError> {
-    peers::load(&peers_path(conf)).map_err(|e| CniError::from_error(Code::InvalidConfig, &e))
+    let peers = peers::load(&peers_path(conf))
+        .map_err(|e| CniError::from_error(Code::InvalidConfig, &e))?;
+    Ok(remote_only(conf, peers))
+}
+
+/// Peers without the ones in this node's own pod ranges: no pod of another
+/// node has such an address, and a stale entry (a removed node's range given
+/// to this one) would put a local pod's address in another tenant's set.
+fn remote_only(conf: &NetConf, peers: Vec<Peer>) -> Vec<Peer> {
+    let (remote, local): (Vec<Peer>, Vec<Peer>) = peers
+        .into_iter()
+        .partition(|p| !conf.ranges.iter().any(|set| set.contains(p.ip)));
+    if !local.is_empty() {
+        warn!(ignored = local.len(), first = %local[0].ip, "peers in this node's own pod ranges ignored");
+    }
+    remote
 }
 
 fn entry(record: &Attachment) -> Option<PodEntry> {
@@ -385,6 +400,7 @@ pub fn peers_changed<S: IpStore, F: Firewall>(
     new: &[Peer],
 ) -> Result<(), CniError> {
     let old = load_peers(conf)?;
+    let new = &remote_only(conf, new.to_vec())[..];
     let persist =
         || peers::save(&peers_path(conf), new).map_err(|e| CniError::from_error(Code::Io, &e));
     let plan = |policy: &Policy, _: &Groups, chains: &BTreeSet<Project>| {

@@ -475,3 +475,31 @@ fn an_add_whose_attachment_was_deleted_meanwhile_fails() {
     assert_eq!(err.code, Code::TryAgainLater);
     assert!(w.store.records.is_empty() && w.store.ips.is_empty());
 }
+
+/// A peer (a pod of another node) in this node's own pod range cannot be
+/// one: a stale entry would put a local pod's address in its tenant's set.
+/// It is neither applied nor kept.
+#[test]
+fn peers_in_the_nodes_own_range_are_ignored() {
+    use crate::policy::peers::Peer;
+    let conf = conf(json!({}));
+    let mut w = World::default();
+    w.run(&conf, &inv("ADD", "c1")).unwrap();
+    let peer = |ip: &str, project: &str| Peer {
+        ip: ip.parse().unwrap(),
+        project: crate::policy::Project::new(project).unwrap(),
+    };
+    let synced = [peer("10.0.0.5", "team-b"), peer("10.9.0.7", "team-b")];
+    super::isolation::peers_changed(&conf, &w.store, &mut w.fw, &synced).unwrap();
+    assert_eq!(
+        super::isolation::load_peers(&conf).unwrap(),
+        [peer("10.9.0.7", "team-b")]
+    );
+    let (what, batch) = w.fw.applied.last().unwrap();
+    assert_eq!(*what, "peers sync");
+    let batch = batch.to_string();
+    assert!(
+        batch.contains("10.9.0.7") && !batch.contains("10.0.0.5"),
+        "{batch}"
+    );
+}
