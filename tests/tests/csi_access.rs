@@ -1,7 +1,7 @@
 //! Access modes enforced at the mount, and volumes owned by their project:
 //! the built driver over its socket, real mounts checked with real writes.
 
-use moat_e2e::csi::{block_cap, mount_cap, refused, write_in, Cluster, Mode, MIB};
+use moat_e2e::csi::{block_cap, is_mounted, mount_cap, refused, write_in, Cluster, Mode, MIB};
 use tonic::Code;
 
 const EROFS: i32 = 30;
@@ -70,6 +70,22 @@ async fn rox_and_readonly_publications_refuse_writes_with_erofs() {
             .unwrap();
         assert_erofs(write_in(&target, "x", "y"), "ROX publish");
     }
+    // The same volume asked for as ReadWriteOnce (a PV edited, another CO):
+    // refused at ControllerPublish, and at NodeStage and NodePublish for a CO
+    // that skips it; nothing writable is mounted.
+    let rwo = mount_cap(Mode::SingleNodeWriter, "ext4");
+    let widened = refused(
+        c.attach(1, &id, rwo.clone(), false, "shop", "rox-as-rwo"),
+        Code::InvalidArgument,
+    )
+    .await;
+    assert!(widened.message().contains("created for"), "{widened:?}");
+    refused(
+        c.node_attach(1, &id, rwo, false, "shop", "rox-as-rwo"),
+        Code::InvalidArgument,
+    )
+    .await;
+    assert!(!is_mounted(&c.path(1, "rox-as-rwo")));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -197,3 +197,71 @@ async fn unpublish_removes_a_target_with_mounts_stacked_on_it() {
         );
     }
 }
+
+/// A NodePublish that fails before its mount (here: the target cannot be
+/// made) leaves no record behind: the CO saw it fail and will never
+/// unpublish it, so a record would hold a ReadWriteOncePod volume forever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_publish_does_not_hold_the_volume() {
+    let c = Cluster::new(&["n1"]);
+    let cap = mount_cap(Mode::SingleNodeSingleWriter, "ext4");
+    let id = c
+        .create("pvc-failed-pub", 64 * MIB, cap.clone(), "shop")
+        .await;
+    let blocker = c.path(0, "not-a-dir");
+    std::fs::create_dir_all(std::path::Path::new(&blocker).parent().unwrap()).unwrap();
+    std::fs::write(&blocker, "a file where the target's parent should be").unwrap();
+    let bad = refused(
+        c.node_attach(0, &id, cap.clone(), false, "shop", "not-a-dir/pod-a"),
+        Code::Internal,
+    )
+    .await;
+    assert!(bad.message().contains("not-a-dir"), "{bad:?}");
+    let target = c
+        .node_attach(0, &id, cap, false, "shop", "pod-b")
+        .await
+        .expect("the volume is free for the next pod");
+    write_in(&target, "b", "ok").unwrap();
+    assert!(is_mounted(&target));
+}
+
+/// Killed between detaching the loop device and dropping the stage record:
+/// the retried NodeUnstage must not detach the recorded number again (free
+/// now, or another volume's) but finish, and a new stage works.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_during_unstage_then_retry_finishes_it() {
+    let mut c = Cluster::new(&["n1"]);
+    let cap = block_cap(Mode::SingleNodeWriter);
+    let id = c.create("pvc-unstage", 16 * MIB, cap.clone(), "shop").await;
+    let staging = c.path(0, &format!("staging-{id}"));
+    c.node_attach(0, &id, cap.clone(), false, "shop", "dev")
+        .await
+        .unwrap();
+    let unpub = csi::NodeUnpublishVolumeRequest {
+        volume_id: id.clone(),
+        target_path: c.path(0, "dev"),
+    };
+    c.node(0).await.node_unpublish_volume(unpub).await.unwrap();
+    c.nodes[0].stop(Signal::SIGTERM);
+    c.nodes[0].set_env("MOAT_CSI_CRASH_AT", Some("unstage-after-detach"));
+    c.start(Some(0));
+    let unstage = csi::NodeUnstageVolumeRequest {
+        volume_id: id.clone(),
+        staging_target_path: staging.clone(),
+    };
+    let killed = c.node(0).await.node_unstage_volume(unstage.clone()).await;
+    assert!(killed.is_err(), "the driver died mid-unstage");
+    assert!(!c.nodes[0].wait_exit().success());
+    c.nodes[0].set_env("MOAT_CSI_CRASH_AT", None);
+    c.start(Some(0));
+    c.node(0)
+        .await
+        .node_unstage_volume(unstage)
+        .await
+        .expect("the retry finishes");
+    let target = c
+        .node_attach(0, &id, cap, false, "shop", "dev2")
+        .await
+        .expect("staged again");
+    assert!(std::fs::metadata(&target).is_ok());
+}

@@ -6,7 +6,7 @@ use tracing::info;
 
 use super::{round_up, Driver, DriverError, Result, DEFAULT_SIZE, MIB};
 use crate::backend::{min_size, supported_fs};
-use crate::volume::access::{self, kind_for, supports, Capability, Refusal};
+use crate::volume::access::{self, kind_for, Capability, Refusal};
 use crate::volume::{ids, CtrlPublication, Kind, Source, Volume, VolumeState};
 
 pub const PARAM_PVC_NAMESPACE: &str = "csi.storage.k8s.io/pvc/namespace";
@@ -263,12 +263,7 @@ pub fn delete(d: &Driver, id: &str) -> Result<()> {
 pub fn publish(d: &Driver, id: &str, node: &str, cap: &Capability, readonly: bool) -> Result<bool> {
     let _lock = d.store.lock()?;
     let mut v = ready_volume(d, id)?;
-    if !supports(v.kind, cap) {
-        return Err(DriverError::InvalidArgument(format!(
-            "a {:?} volume cannot be used as {cap:?}",
-            v.kind
-        )));
-    }
+    access::allows(v.kind, &v.modes, cap).map_err(DriverError::InvalidArgument)?;
     let ro = readonly || cap.mode.read_only();
     if access::controller_publish(&v.published, node, cap.mode, readonly).map_err(refusal)? {
         v.published.insert(
@@ -328,7 +323,7 @@ pub fn expand(d: &Driver, id: &str, required: u64, limit: u64) -> Result<(u64, b
 /// Which of `caps` this volume cannot serve (empty: all confirmed).
 pub fn unsupported(v: &Volume, caps: &[Capability]) -> Vec<String> {
     caps.iter()
-        .filter(|c| !supports(v.kind, c))
+        .filter(|c| access::allows(v.kind, &v.modes, c).is_err())
         .map(|c| format!("{:?} {}", c.mode, if c.block { "block" } else { "mount" }))
         .collect()
 }

@@ -9,7 +9,7 @@ use tracing::{info, warn};
 use super::controller::ready_volume;
 use super::{Driver, DriverError, Result};
 use crate::backend::grow_fs;
-use crate::volume::access::{self, supports, Capability, Refusal};
+use crate::volume::access::{self, Capability, Refusal};
 use crate::volume::{Kind, NodePublication, PubState, Stage, Volume};
 
 pub const CTX_POD_NAMESPACE: &str = "csi.storage.k8s.io/pod.namespace";
@@ -25,14 +25,7 @@ fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> 
 }
 
 fn check_cap(v: &Volume, cap: &Capability) -> Result<()> {
-    if supports(v.kind, cap) {
-        Ok(())
-    } else {
-        Err(DriverError::InvalidArgument(format!(
-            "a {:?} volume cannot be used as {cap:?}",
-            v.kind
-        )))
-    }
+    access::allows(v.kind, &v.modes, cap).map_err(DriverError::InvalidArgument)
 }
 
 pub fn stage(d: &Driver, id: &str, staging: &str, cap: &Capability) -> Result<()> {
@@ -45,7 +38,16 @@ pub fn stage(d: &Driver, id: &str, staging: &str, cap: &Capability) -> Result<()
                 s.staging_path
             )));
         }
-        if v.kind != Kind::Image || d.mounter.mounted(Path::new(staging))?.is_some() {
+        let still = match v.kind {
+            Kind::Dir => true,
+            Kind::Image => d.mounter.mounted(Path::new(staging))?.is_some(),
+            // After a reboot the recorded number may be another volume's.
+            Kind::Block => {
+                let now = d.loops.find(&d.pool.volume_path(Kind::Block, id))?;
+                now.is_some() && now.map(|p| p.to_string_lossy().into_owned()) == s.device
+            }
+        };
+        if still {
             return Ok(());
         }
     }
@@ -101,14 +103,31 @@ pub fn unstage(d: &Driver, id: &str, staging: &str) -> Result<()> {
     let staging_path = Path::new(staging);
     d.mounter.unmount(staging_path)?;
     if let Some(s) = d.store.stage(&d.node_id, id)? {
-        if let Some(dev) = &s.device {
-            // Another (simulated) node on this machine may share the device:
-            // the kernel then frees it when its last user unmounts.
-            d.loops.detach(Path::new(dev))?;
+        if s.device.is_some() {
+            detach_image(d, id)?;
         }
+        d.crash_point("unstage-after-detach");
         d.store.remove_stage(&d.node_id, id)?;
     }
     info!(volume_id = %id, staging_path = %staging, "volume unstaged");
+    Ok(())
+}
+
+/// Detach the loop device over the volume's image: the one there now, not
+/// the number recorded at stage time, which after a reboot may be another
+/// volume's and after a crash between the detach and the record's removal
+/// is free (detaching it again would fail every retry). Another (simulated)
+/// node on this machine may share the device: the kernel then frees it when
+/// its last user unmounts.
+fn detach_image(d: &Driver, id: &str) -> Result<()> {
+    for kind in [Kind::Image, Kind::Block] {
+        let image = d.pool.volume_path(kind, id);
+        if image.exists() {
+            if let Some(dev) = d.loops.find(&image)? {
+                d.loops.detach(&dev)?;
+            }
+        }
+    }
     Ok(())
 }
 
@@ -182,7 +201,24 @@ pub fn publish(d: &Driver, a: &PublishArgs) -> Result<bool> {
     };
     table.put(&record)?;
     d.crash_point("publish-before-mount");
-    if v.kind == Kind::Block {
+    if let Err(e) = mount_target(d, v.kind, &source, target, plan.readonly) {
+        // Nothing is mounted: a record left behind would hold the volume
+        // (RWO, RWOP, DeleteVolume) for a publication the CO saw fail and
+        // will never unpublish.
+        if let Err(cleanup) = d.store.remove_publication(a.id, &d.node_id, a.target) {
+            warn!(volume_id = %a.id, error = %cleanup, "cannot drop the failed publication's record");
+        }
+        return Err(e);
+    }
+    d.crash_point("publish-after-mount");
+    info!(volume_id = %a.id, target_path = %a.target, readonly = plan.readonly, "volume published");
+    Ok(plan.readonly)
+}
+
+/// Make the target (a directory, or a file for a block volume) and bind the
+/// source on it.
+fn mount_target(d: &Driver, kind: Kind, source: &Path, target: &Path, ro: bool) -> Result<()> {
+    if kind == Kind::Block {
         if let Some(parent) = target.parent() {
             fs::create_dir_all(parent).map_err(io("create", parent))?;
         }
@@ -195,11 +231,9 @@ pub fn publish(d: &Driver, a: &PublishArgs) -> Result<bool> {
     } else {
         fs::create_dir_all(target).map_err(io("create", target))?;
     }
-    // Nothing of ours is mounted here: a finished publication returned above.
-    d.mounter.bind(&source, target, plan.readonly)?;
-    d.crash_point("publish-after-mount");
-    info!(volume_id = %a.id, target_path = %a.target, readonly = plan.readonly, "volume published");
-    Ok(plan.readonly)
+    // Nothing of ours is mounted here: a finished publication returned before.
+    d.mounter.bind(source, target, ro)?;
+    Ok(())
 }
 
 pub fn unpublish(d: &Driver, id: &str, target: &str) -> Result<()> {

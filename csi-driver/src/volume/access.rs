@@ -105,6 +105,23 @@ pub fn supports(kind: Kind, cap: &Capability) -> bool {
     }
 }
 
+/// Whether a volume of `kind` created for `modes` can be used with `cap`:
+/// its storage must serve it, and the mode must be one it was created for (a
+/// ReadOnlyMany volume is not mounted writable because a request names
+/// ReadWriteOnce). Volumes recorded without modes are judged by kind alone.
+pub fn allows(kind: Kind, modes: &[AccessMode], cap: &Capability) -> Result<(), String> {
+    if !supports(kind, cap) {
+        return Err(format!("a {kind:?} volume cannot be used as {cap:?}"));
+    }
+    if !modes.is_empty() && !modes.contains(&cap.mode) {
+        return Err(format!(
+            "the volume was created for {modes:?}, not {:?}",
+            cap.mode
+        ));
+    }
+    Ok(())
+}
+
 /// Why a publication may not proceed; each maps to one gRPC code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
@@ -187,7 +204,9 @@ pub fn node_publish(
         )));
     }
     if let Some(p) = others.first() {
-        if mode == AccessMode::SingleNodeSingleWriter {
+        if mode == AccessMode::SingleNodeSingleWriter
+            || p.mode == AccessMode::SingleNodeSingleWriter
+        {
             return Err(Refusal::Held(format!(
                 "single-writer volume is already published at {} on node {}",
                 p.target, p.node_id

@@ -187,3 +187,40 @@ fn volumes_belong_to_their_project() {
     assert!(may_mount(Some("shop"), &["*".into()], Some("ci")).is_ok());
     assert!(may_mount(None, &[], Some("ci")).is_ok());
 }
+
+#[test]
+fn a_volume_is_used_only_in_the_modes_it_was_created_for() {
+    let rox = [MultiNodeReaderOnly];
+    assert!(allows(Kind::Image, &rox, &cap(MultiNodeReaderOnly, false)).is_ok());
+    // A ReadOnlyMany volume asked for as ReadWriteOnce: refused, not mounted writable.
+    let err = allows(Kind::Image, &rox, &cap(SingleNodeWriter, false)).unwrap_err();
+    assert!(err.contains("created for [MultiNodeReaderOnly]"), "{err}");
+    // ReadWriteOncePod is not widened to ReadWriteOnce for a second pod.
+    assert!(allows(
+        Kind::Image,
+        &[SingleNodeSingleWriter],
+        &cap(SingleNodeWriter, false)
+    )
+    .is_err());
+    // Storage still decides first; a record without modes is judged by kind.
+    assert!(allows(
+        Kind::Image,
+        &[MultiNodeMultiWriter],
+        &cap(MultiNodeMultiWriter, false)
+    )
+    .is_err());
+    assert!(allows(Kind::Dir, &[], &cap(MultiNodeMultiWriter, false)).is_ok());
+}
+
+#[test]
+fn an_rwop_publication_excludes_any_other_whatever_the_new_mode() {
+    let held = pubs(&[("n1", "/t1", SingleNodeSingleWriter, false)]);
+    for mode in [
+        SingleNodeWriter,
+        SingleNodeMultiWriter,
+        SingleNodeReaderOnly,
+    ] {
+        let r = node_publish(&held, "n1", "/t2", mode, false);
+        assert!(matches!(r, Err(Refusal::Held(_))), "{mode:?}: {r:?}");
+    }
+}
