@@ -265,3 +265,39 @@ async fn a_crash_during_unstage_then_retry_finishes_it() {
         .expect("staged again");
     assert!(std::fs::metadata(&target).is_ok());
 }
+
+/// A node gone for good (its driver dead) and the volume force-detached by
+/// the CO (ControllerUnpublish for that node): its publication records no
+/// longer hold a ReadWriteOnce volume, which another node can now use.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_force_detach_from_a_dead_node_frees_the_volume() {
+    let mut c = Cluster::new(&["n1", "n2"]);
+    let cap = mount_cap(Mode::SingleNodeWriter, "ext4");
+    let id = c
+        .create("pvc-dead-node", 64 * MIB, cap.clone(), "shop")
+        .await;
+    c.attach(0, &id, cap.clone(), false, "shop", "pod")
+        .await
+        .unwrap();
+    c.nodes[0].stop(Signal::SIGKILL);
+    refused(
+        c.attach(1, &id, cap.clone(), false, "shop", "pod"),
+        Code::FailedPrecondition,
+    )
+    .await;
+    let detach = csi::ControllerUnpublishVolumeRequest {
+        volume_id: id.clone(),
+        node_id: c.nodes[0].node_id.clone(),
+        ..Default::default()
+    };
+    c.ctrl()
+        .await
+        .controller_unpublish_volume(detach)
+        .await
+        .unwrap();
+    let target = c
+        .attach(1, &id, cap, false, "shop", "pod")
+        .await
+        .expect("the volume follows the pod to n2");
+    write_in(&target, "moved", "yes").unwrap();
+}

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use tracing::info;
+use tracing::{info, warn};
 
 use super::{round_up, Driver, DriverError, Result, DEFAULT_SIZE, MIB};
 use crate::backend::{min_size, supported_fs};
@@ -293,6 +293,17 @@ pub fn unpublish(d: &Driver, id: &str, node: &str) -> Result<()> {
     if v.published.len() != before {
         d.store.put_volume(&v)?;
         info!(volume_id = %id, node_id = %node, "volume unpublished from node");
+    }
+    // The CO says the volume is no longer in use there. Normally that node's
+    // NodeUnpublish came first; after a force-detach (a node shut down for
+    // good, out-of-service) its records would hold an RWO or RWOP volume, and
+    // DeleteVolume, forever, as nothing on that node will ever remove them.
+    for p in d.store.publications(id)? {
+        if node.is_empty() || p.node_id == node {
+            d.store.remove_publication(id, &p.node_id, &p.target)?;
+            warn!(volume_id = %id, node_id = %p.node_id, target_path = %p.target,
+                  "node publication dropped: the volume was detached from that node");
+        }
     }
     Ok(())
 }
