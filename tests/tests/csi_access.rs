@@ -197,7 +197,10 @@ async fn block_volume_is_a_writable_device_node() {
     let c = Cluster::new(&["n1"]);
     let cap = block_cap(Mode::SingleNodeWriter);
     let id = c.create("pvc-block", 32 * MIB, cap.clone(), "shop").await;
-    let target = c.attach(0, &id, cap, false, "shop", "dev").await.unwrap();
+    let target = c
+        .attach(0, &id, cap.clone(), false, "shop", "dev")
+        .await
+        .unwrap();
     assert!(std::fs::metadata(&target)
         .unwrap()
         .file_type()
@@ -215,4 +218,38 @@ async fn block_volume_is_a_writable_device_node() {
     dev.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"moat-block");
     assert_eq!(dev.seek(SeekFrom::End(0)).unwrap(), 32 * MIB as u64);
+
+    // A read-only publication of the same volume (readOnly: true in the pod)
+    // reads the data and refuses writes: a read-only bind alone would not
+    // (the kernel ignores it for device nodes), its own read-only loop does.
+    let ro = c
+        .node_attach(0, &id, cap, true, "shop", "dev-ro")
+        .await
+        .unwrap();
+    let mut reader = std::fs::File::open(&ro).unwrap();
+    reader.seek(SeekFrom::Start(20 * MIB as u64)).unwrap();
+    reader.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"moat-block");
+    let write = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&ro)
+        .and_then(|mut f| f.write_all(b"x").and_then(|()| f.sync_all()));
+    let err = write.expect_err("a read-only block publication took a write");
+    assert!(
+        [Some(EROFS), Some(1), Some(13)].contains(&err.raw_os_error()),
+        "{err:?}"
+    );
+    drop(reader);
+    let unpub = moat_csi_proto::NodeUnpublishVolumeRequest {
+        volume_id: id.clone(),
+        target_path: ro.clone(),
+    };
+    c.node(0).await.node_unpublish_volume(unpub).await.unwrap();
+    let loops = std::process::Command::new("losetup")
+        .args(["--noheadings", "--output", "RO", "--associated"])
+        .arg(c.pool.join(format!("volumes/{id}.img")))
+        .output()
+        .unwrap();
+    let ro_loops = String::from_utf8_lossy(&loops.stdout).matches('1').count();
+    assert_eq!(ro_loops, 0, "the publication's own device is detached");
 }

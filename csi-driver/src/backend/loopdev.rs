@@ -8,9 +8,15 @@ use std::process::Command;
 use super::{run, BackendError};
 
 pub trait Loops: Send + Sync {
-    /// The loop device over `file`, attaching one if none is.
+    /// The loop device over `file` (read-only or not, as asked), attaching
+    /// one if none is.
     fn attach(&self, file: &Path, readonly: bool) -> Result<PathBuf, BackendError>;
-    fn find(&self, file: &Path) -> Result<Option<PathBuf>, BackendError>;
+    /// A new loop device over `file`, whatever others there are.
+    fn attach_new(&self, file: &Path, readonly: bool) -> Result<PathBuf, BackendError>;
+    /// A loop device over `file` that is read-only, or writable, as asked: a
+    /// block volume staged writable may also have read-only devices of its
+    /// read-only publications.
+    fn find(&self, file: &Path, readonly: bool) -> Result<Option<PathBuf>, BackendError>;
     /// Detach; a device still mounted is freed when its last user goes.
     fn detach(&self, device: &Path) -> Result<(), BackendError>;
     /// Re-read the backing file's size after it grew.
@@ -40,9 +46,13 @@ fn losetup(args: &[&str]) -> Result<String, BackendError> {
 
 impl Loops for LosetupLoops {
     fn attach(&self, file: &Path, readonly: bool) -> Result<PathBuf, BackendError> {
-        if let Some(dev) = self.find(file)? {
+        if let Some(dev) = self.find(file, readonly)? {
             return Ok(dev);
         }
+        self.attach_new(file, readonly)
+    }
+
+    fn attach_new(&self, file: &Path, readonly: bool) -> Result<PathBuf, BackendError> {
         let f = file.to_string_lossy();
         let mut args = vec!["--find", "--show", "--direct-io=on"];
         if readonly {
@@ -52,10 +62,15 @@ impl Loops for LosetupLoops {
         Ok(PathBuf::from(losetup(&args)?))
     }
 
-    fn find(&self, file: &Path) -> Result<Option<PathBuf>, BackendError> {
+    fn find(&self, file: &Path, readonly: bool) -> Result<Option<PathBuf>, BackendError> {
         let f = file.to_string_lossy();
-        let out = losetup(&["--noheadings", "--output", "NAME", "--associated", &f])?;
-        Ok(out.lines().next().map(PathBuf::from))
+        let out = losetup(&["--noheadings", "--output", "NAME,RO", "--associated", &f])?;
+        let want = if readonly { "1" } else { "0" };
+        Ok(out
+            .lines()
+            .filter_map(|l| l.trim().split_once(char::is_whitespace))
+            .find(|(_, ro)| ro.trim() == want)
+            .map(|(name, _)| PathBuf::from(name)))
     }
 
     fn detach(&self, device: &Path) -> Result<(), BackendError> {

@@ -43,7 +43,9 @@ pub fn stage(d: &Driver, id: &str, staging: &str, cap: &Capability) -> Result<()
             Kind::Image => d.mounter.mounted(Path::new(staging))?.is_some(),
             // After a reboot the recorded number may be another volume's.
             Kind::Block => {
-                let now = d.loops.find(&d.pool.volume_path(Kind::Block, id))?;
+                let now = d
+                    .loops
+                    .find(&d.pool.volume_path(Kind::Block, id), s.readonly)?;
                 now.is_some() && now.map(|p| p.to_string_lossy().into_owned()) == s.device
             }
         };
@@ -104,7 +106,7 @@ pub fn unstage(d: &Driver, id: &str, staging: &str) -> Result<()> {
     d.mounter.unmount(staging_path)?;
     if let Some(s) = d.store.stage(&d.node_id, id)? {
         if s.device.is_some() {
-            detach_image(d, id)?;
+            detach_image(d, id, s.readonly)?;
         }
         d.crash_point("unstage-after-detach");
         d.store.remove_stage(&d.node_id, id)?;
@@ -119,11 +121,11 @@ pub fn unstage(d: &Driver, id: &str, staging: &str) -> Result<()> {
 /// is free (detaching it again would fail every retry). Another (simulated)
 /// node on this machine may share the device: the kernel then frees it when
 /// its last user unmounts.
-fn detach_image(d: &Driver, id: &str) -> Result<()> {
+fn detach_image(d: &Driver, id: &str, readonly: bool) -> Result<()> {
     for kind in [Kind::Image, Kind::Block] {
         let image = d.pool.volume_path(kind, id);
         if image.exists() {
-            if let Some(dev) = d.loops.find(&image)? {
+            if let Some(dev) = d.loops.find(&image, readonly)? {
                 d.loops.detach(&dev)?;
             }
         }
@@ -188,7 +190,11 @@ pub fn publish(d: &Driver, a: &PublishArgs) -> Result<bool> {
     if plan.done && d.mounter.mounted(target)?.is_some() {
         return Ok(plan.readonly);
     }
-    let source = bind_source(d, &v, a.staging)?;
+    let mut source = bind_source(d, &v, a.staging)?;
+    let own = own_device(d, &v, plan.readonly)?;
+    if let Some(dev) = &own {
+        source = PathBuf::from(dev);
+    }
     // One record, written before the mount: start-up reconcile confirms it
     // if the mount exists and drops it if not.
     let record = NodePublication {
@@ -198,21 +204,51 @@ pub fn publish(d: &Driver, a: &PublishArgs) -> Result<bool> {
         mode: a.cap.mode,
         readonly: plan.readonly,
         state: PubState::Publishing,
+        device: own,
     };
-    table.put(&record)?;
+    let put = table.put(&record);
     d.crash_point("publish-before-mount");
-    if let Err(e) = mount_target(d, v.kind, &source, target, plan.readonly) {
+    if let Err(e) = put
+        .map_err(DriverError::from)
+        .and_then(|()| mount_target(d, v.kind, &source, target, plan.readonly))
+    {
         // Nothing is mounted: a record left behind would hold the volume
         // (RWO, RWOP, DeleteVolume) for a publication the CO saw fail and
         // will never unpublish.
         if let Err(cleanup) = d.store.remove_publication(a.id, &d.node_id, a.target) {
             warn!(volume_id = %a.id, error = %cleanup, "cannot drop the failed publication's record");
         }
+        drop_own_device(d, record.device.as_deref());
         return Err(e);
     }
     d.crash_point("publish-after-mount");
     info!(volume_id = %a.id, target_path = %a.target, readonly = plan.readonly, "volume published");
     Ok(plan.readonly)
+}
+
+/// A read-only publication of a block volume binds a read-only loop device
+/// of its own: the kernel does not apply a mount's read-only flag to a
+/// device node (a read-only bind of a writable loop device still opens for
+/// writing), while a read-only loop device refuses every write.
+fn own_device(d: &Driver, v: &Volume, readonly: bool) -> Result<Option<String>> {
+    if v.kind != Kind::Block || !readonly {
+        return Ok(None);
+    }
+    let dev = d
+        .loops
+        .attach_new(&d.pool.volume_path(Kind::Block, &v.id), true)?;
+    Ok(Some(dev.to_string_lossy().into_owned()))
+}
+
+/// Detach a publication's own loop device, if it had one. Best effort: the
+/// publication is gone either way, and a leaked device is visible in
+/// `losetup`.
+pub(super) fn drop_own_device(d: &Driver, device: Option<&str>) {
+    if let Some(dev) = device {
+        if let Err(e) = d.loops.detach(Path::new(dev)) {
+            warn!(device = %dev, error = %e, "cannot detach a publication's loop device");
+        }
+    }
 }
 
 /// Make the target (a directory, or a file for a block volume) and bind the
@@ -243,6 +279,12 @@ pub fn unpublish(d: &Driver, id: &str, target: &str) -> Result<()> {
     // directory, or a file for a block volume). A mount still there (one
     // stacked by a retried publish) makes the removal fail with EBUSY:
     // unmount again, rather than probe with a second umount every time.
+    let own = d
+        .store
+        .publications(id)?
+        .into_iter()
+        .find(|p| p.node_id == d.node_id && p.target == target)
+        .and_then(|p| p.device);
     let mut mounted = d.mounter.unmount(target_path)?;
     loop {
         let removed = match fs::remove_dir(target_path) {
@@ -260,6 +302,7 @@ pub fn unpublish(d: &Driver, id: &str, target: &str) -> Result<()> {
         }
     }
     d.store.remove_publication(id, &d.node_id, target)?;
+    drop_own_device(d, own.as_deref());
     info!(volume_id = %id, target_path = %target, "volume unpublished");
     Ok(())
 }

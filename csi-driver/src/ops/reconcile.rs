@@ -51,6 +51,7 @@ pub fn node(d: &Driver) -> Result<()> {
             (_, false) => {
                 d.store
                     .remove_publication(&p.volume_id, &p.node_id, &p.target)?;
+                super::node::drop_own_device(d, p.device.as_deref());
                 warn!(volume_id = %p.volume_id, target_path = %p.target, "publication without a mount dropped");
             }
             _ => {}

@@ -9,6 +9,7 @@ pub(super) fn publication(target: &str) -> NodePublication {
         mode: AccessMode::SingleNodeSingleWriter,
         readonly: false,
         state: PubState::Publishing,
+        device: None,
     }
 }
 

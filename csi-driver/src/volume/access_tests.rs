@@ -37,6 +37,7 @@ fn pubs(entries: &[(&str, &str, AccessMode, bool)]) -> Vec<NodePublication> {
             mode: *mode,
             readonly: *ro,
             state: PubState::Published,
+            device: None,
         })
         .collect()
 }

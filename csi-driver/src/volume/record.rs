@@ -75,6 +75,11 @@ pub struct NodePublication {
     pub mode: AccessMode,
     pub readonly: bool,
     pub state: PubState,
+    /// A loop device of this publication's own: the read-only one a
+    /// read-only publish of a block volume binds (a read-only mount does not
+    /// stop writes through a device node; a read-only loop device does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
 }
 
 /// A NodeStage: the volume attached and mounted at a staging path on a node.
