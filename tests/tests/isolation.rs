@@ -346,41 +346,42 @@ fn service_dnat_to_another_project_is_dropped_and_to_the_same_passes() {
     assert!(via("10.96.0.12"), "hairpin: a1 reaches its own service");
 }
 
+/// With the table damaged by `nft` (the script), STATUS says 51 with
+/// `status_says` in its message and CHECK fails while `from` reaches `to`
+/// unprotected; `moat reconcile` makes STATUS and CHECK pass and `to`
+/// unreachable again.
+fn damaged_then_reconciled(node: &Node, nft: &str, status_says: &str, from: &Pod, to: &Pod) {
+    let status = Call {
+        command: "STATUS",
+        ..Call::default()
+    };
+    node.call(&status).ok();
+    node.nft_script(nft);
+    let out = node.call(&status);
+    assert_eq!(out.code(), 51, "{}", out.stdout);
+    assert!(out.stdout.contains(status_says), "{}", out.stdout);
+    let mut conf = node.conf.clone();
+    conf["prevResult"] = from.result.clone();
+    assert_eq!(node.call_with(&from.call("CHECK"), &conf).code(), 103);
+    assert!(reach(&from.ns, to.ip(false), Proto::Tcp), "unprotected");
+    node.cli(&["reconcile"]).ok();
+    node.call(&status).ok();
+    node.call_with(&from.call("CHECK"), &conf).ok();
+    assert!(!reach(&from.ns, to.ip(false), Proto::Tcp));
+    assert!(!reach(&from.ns, to.ip(true), Proto::Icmp));
+}
+
 #[test]
 fn lost_table_reports_51_fails_check_and_reconcile_repairs_it() {
     let node = Node::new(dual_stack_conf("1.1.0"));
     let pods = attach(&node, &["a", "a", "b"]);
     serve(&pods[1].ns);
     serve(&pods[2].ns);
-    let status = Call {
-        command: "STATUS",
-        ..Call::default()
-    };
-    node.call(&status).ok();
-    node.ns
-        .exec("nft")
-        .args(["delete", "table", "inet", "moat"])
-        .status()
-        .unwrap();
-    assert_eq!(node.call(&status).code(), 51);
-    let mut conf = node.conf.clone();
-    conf["prevResult"] = pods[0].result.clone();
-    assert_eq!(node.call_with(&pods[0].call("CHECK"), &conf).code(), 103);
-    assert!(
-        reach(&pods[0].ns, pods[2].ip(false), Proto::Tcp),
-        "unprotected while the table is gone"
-    );
-    node.cli(&["reconcile"]).ok();
-    node.call(&status).ok();
-    node.call_with(&pods[0].call("CHECK"), &conf).ok();
-    assert!(!reach(&pods[0].ns, pods[2].ip(false), Proto::Tcp));
+    let lost = "delete table inet moat";
+    damaged_then_reconciled(&node, lost, "is missing", &pods[0], &pods[2]);
     assert!(reach(&pods[0].ns, pods[1].ip(false), Proto::Tcp));
     // The next ADD also repairs it.
-    node.ns
-        .exec("nft")
-        .args(["delete", "table", "inet", "moat"])
-        .status()
-        .unwrap();
+    node.nft_script(lost);
     let extra = attach(&node, &["c"]);
     assert!(!reach(&pods[0].ns, pods[2].ip(true), Proto::Tcp));
     assert!(!reach(&extra[0].ns, pods[1].ip(false), Proto::Icmp));
@@ -393,27 +394,8 @@ fn flushed_table_reports_51_fails_check_and_reconcile_repairs_it() {
     let node = Node::new(dual_stack_conf("1.1.0"));
     let pods = attach(&node, &["a", "b"]);
     serve(&pods[1].ns);
-    let status = Call {
-        command: "STATUS",
-        ..Call::default()
-    };
-    node.call(&status).ok();
-    node.nft_script("flush table inet moat");
-    let out = node.call(&status);
-    assert_eq!(out.code(), 51, "{}", out.stdout);
-    assert!(out.stdout.contains("empty chains"), "{}", out.stdout);
-    let mut conf = node.conf.clone();
-    conf["prevResult"] = pods[0].result.clone();
-    assert_eq!(node.call_with(&pods[0].call("CHECK"), &conf).code(), 103);
-    assert!(
-        reach(&pods[0].ns, pods[1].ip(false), Proto::Tcp),
-        "unprotected"
-    );
-    node.cli(&["reconcile"]).ok();
-    node.call(&status).ok();
-    node.call_with(&pods[0].call("CHECK"), &conf).ok();
-    assert!(!reach(&pods[0].ns, pods[1].ip(false), Proto::Tcp));
-    assert!(!reach(&pods[0].ns, pods[1].ip(true), Proto::Icmp));
+    let flush = "flush table inet moat";
+    damaged_then_reconciled(&node, flush, "empty chains", &pods[0], &pods[1]);
 }
 
 fn set_elements(listing: &serde_json::Value, name: &str) -> BTreeSet<String> {

@@ -76,6 +76,26 @@ fn inv(cmd: &str, cid: &str) -> Invocation {
     .unwrap()
 }
 
+/// `conf` for a GC that keeps only the attachments of `keep` (on eth0), and
+/// the GC invocation.
+fn gc_of(conf: &NetConf, keep: &[&str]) -> (NetConf, Invocation) {
+    let valid = keep
+        .iter()
+        .map(|c| crate::spec::AttachmentRef {
+            container_id: (*c).into(),
+            ifname: "eth0".into(),
+        })
+        .collect();
+    let gc = Invocation::from_env(|k| (k == "CNI_COMMAND").then(|| "GC".to_string())).unwrap();
+    (
+        NetConf {
+            valid_attachments: Some(valid),
+            ..conf.clone()
+        },
+        gc,
+    )
+}
+
 #[test]
 fn failed_add_rolls_back_addresses_links_and_firewall() {
     let conf = conf(json!({}));
@@ -201,20 +221,13 @@ fn a_changed_table_setting_rebuilds_at_the_next_add() {
 fn a_gc_without_ranges_keeps_the_cluster_ranges_an_add_had() {
     let add_conf = conf(json!({"ipam": {},
         "runtimeConfig": {"ipRanges": [[{"subnet": "10.0.0.0/29"}]]}}));
+    let (gc_conf, gc) = gc_of(&add_conf, &["c1"]);
     let gc_conf = NetConf {
         ranges: vec![],
-        valid_attachments: Some(
-            [crate::spec::AttachmentRef {
-                container_id: "c1".into(),
-                ifname: "eth0".into(),
-            }]
-            .into(),
-        ),
-        ..add_conf.clone()
+        ..gc_conf
     };
     let mut w = World::default();
     w.run(&add_conf, &inv("ADD", "c1")).unwrap();
-    let gc = Invocation::from_env(|k| (k == "CNI_COMMAND").then(|| "GC".to_string())).unwrap();
     w.run(&gc_conf, &gc).unwrap();
     let (what, rebuilt) = w.fw.applied.last().unwrap();
     assert_eq!(*what, "rebuild");
@@ -281,9 +294,7 @@ fn del_is_idempotent_and_gc_keeps_only_listed() {
     for _ in 0..2 {
         w.run(&base, &inv("DEL", "a")).unwrap();
     }
-    let gc_conf =
-        conf(json!({"cni.dev/valid-attachments": [{"containerID": "b", "ifname": "eth0"}]}));
-    let gc = Invocation::from_env(|k| (k == "CNI_COMMAND").then(|| "GC".to_string())).unwrap();
+    let (gc_conf, gc) = gc_of(&base, &["b"]);
     w.run(&gc_conf, &gc).unwrap();
     let left: Vec<_> = w
         .store
@@ -367,14 +378,7 @@ fn a_failed_rebuild_is_not_taken_for_built() {
     let mut w = World::default();
     w.run(&base, &inv("ADD", "c1")).unwrap();
     w.fw.failing = vec!["rebuild"];
-    let gc_conf =
-        conf(json!({"cni.dev/valid-attachments": [{"containerID": "c1", "ifname": "eth0"}]}));
-    let gc_conf = NetConf {
-        data_dir: base.data_dir.clone(),
-        run_dir: base.run_dir.clone(),
-        ..gc_conf
-    };
-    let gc = Invocation::from_env(|k| (k == "CNI_COMMAND").then(|| "GC".to_string())).unwrap();
+    let (gc_conf, gc) = gc_of(&base, &["c1"]);
     assert!(w.run(&gc_conf, &gc).is_err());
     w.fw.failing.clear();
     w.run(&base, &inv("ADD", "c2")).unwrap();
@@ -437,17 +441,7 @@ fn a_flushed_table_is_reported_like_a_missing_one() {
         "{}",
         err.msg
     );
-    let gc_conf = NetConf {
-        valid_attachments: Some(
-            [crate::spec::AttachmentRef {
-                container_id: "c1".into(),
-                ifname: "eth0".into(),
-            }]
-            .into(),
-        ),
-        ..conf.clone()
-    };
-    let gc = Invocation::from_env(|k| (k == "CNI_COMMAND").then(|| "GC".to_string())).unwrap();
+    let (gc_conf, gc) = gc_of(&conf, &["c1"]);
     w.run(&gc_conf, &gc).unwrap();
     w.run(&conf, &inv("STATUS", "")).unwrap();
 }
