@@ -140,6 +140,21 @@ async fn hostile_ids_never_reach_the_filesystem() {
         );
         let publish = node.node_publish_volume(req).await;
         assert_eq!(publish.unwrap_err().code(), Code::NotFound, "{id}");
+        // Unstage and unpublish build state paths from the id too.
+        let unstage = node
+            .node_unstage_volume(csi::NodeUnstageVolumeRequest {
+                volume_id: id.into(),
+                staging_target_path: staging.clone(),
+            })
+            .await;
+        assert_eq!(unstage.unwrap_err().code(), Code::NotFound, "{id}");
+        let unpublish = node
+            .node_unpublish_volume(csi::NodeUnpublishVolumeRequest {
+                volume_id: id.into(),
+                target_path: c.path(0, "target"),
+            })
+            .await;
+        assert_eq!(unpublish.unwrap_err().code(), Code::NotFound, "{id}");
     }
     assert!(canary.exists());
 }
@@ -365,4 +380,27 @@ async fn wait_for_lock_waiter(inode: u64) {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     panic!("no operation came to wait for the pool lock within 5 s");
+}
+
+/// NodeStage again at the same path with the other read-only setting (a
+/// volume created for both ReadWriteOnce and ReadOnlyMany): ALREADY_EXISTS,
+/// as the spec has it for a stage that is incompatible, not OK.
+#[tokio::test(flavor = "multi_thread")]
+async fn restaging_with_another_read_only_setting_already_exists() {
+    let c = Cluster::new(&["n1"]);
+    let rwo = mount_cap(Mode::SingleNodeWriter, "ext4");
+    let rox = mount_cap(Mode::MultiNodeReaderOnly, "ext4");
+    let mut req = create_req("pvc-two-modes", 64 * MIB, rwo.clone(), "shop");
+    req.volume_capabilities.push(rox.clone());
+    let id = c.create_from(req).await.volume_id;
+    let staging = c.path(0, "staging");
+    let mut node = c.node(0).await;
+    node.node_stage_volume(stage_req(&id, &staging, rwo.clone()))
+        .await
+        .unwrap();
+    node.node_stage_volume(stage_req(&id, &staging, rwo))
+        .await
+        .unwrap();
+    let again = node.node_stage_volume(stage_req(&id, &staging, rox)).await;
+    assert_eq!(again.unwrap_err().code(), Code::AlreadyExists);
 }

@@ -301,3 +301,36 @@ async fn a_force_detach_from_a_dead_node_frees_the_volume() {
         .expect("the volume follows the pod to n2");
     write_in(&target, "moved", "yes").unwrap();
 }
+
+/// A NodeStage whose mount fails (here: the image's filesystem destroyed)
+/// detaches the loop device it attached, rather than leaving it for a retry
+/// that may never come.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_stage_leaves_no_loop_device() {
+    use std::os::unix::fs::FileExt;
+    let c = Cluster::new(&["n1"]);
+    let cap = mount_cap(Mode::SingleNodeWriter, "ext4");
+    let id = c.create("pvc-bad-fs", 64 * MIB, cap.clone(), "shop").await;
+    let image = c.pool.join(format!("volumes/{id}.img"));
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap();
+    f.write_all_at(&[0u8; 65536], 0).unwrap();
+    drop(f);
+    refused(
+        c.node_attach(0, &id, cap, false, "shop", "pod"),
+        Code::Internal,
+    )
+    .await;
+    let loops = std::process::Command::new("losetup")
+        .arg("--associated")
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        loops.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&loops.stdout)
+    );
+}

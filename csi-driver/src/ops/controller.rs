@@ -22,7 +22,7 @@ pub struct CreateArgs {
     pub source: Option<Source>,
 }
 
-fn not_found(what: &str, id: &str) -> DriverError {
+pub(super) fn not_found(what: &str, id: &str) -> DriverError {
     DriverError::NotFound(format!("{what} {id} does not exist"))
 }
 

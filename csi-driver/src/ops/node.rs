@@ -6,10 +6,11 @@ use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
-use super::controller::ready_volume;
+use super::controller::{not_found, ready_volume};
 use super::{Driver, DriverError, Result};
 use crate::backend::grow_fs;
 use crate::volume::access::{self, Capability, Refusal};
+use crate::volume::ids;
 use crate::volume::{Kind, NodePublication, PubState, Stage, Volume};
 
 pub const CTX_POD_NAMESPACE: &str = "csi.storage.k8s.io/pod.namespace";
@@ -32,10 +33,10 @@ pub fn stage(d: &Driver, id: &str, staging: &str, cap: &Capability) -> Result<()
     let v = ready_volume(d, id)?;
     check_cap(&v, cap)?;
     if let Some(s) = d.store.stage(&d.node_id, id)? {
-        if s.staging_path != staging {
+        if s.staging_path != staging || s.readonly != cap.mode.read_only() {
             return Err(DriverError::AlreadyExists(format!(
-                "volume {id} is staged at {}",
-                s.staging_path
+                "volume {id} is staged at {} with readonly={}",
+                s.staging_path, s.readonly
             )));
         }
         let still = match v.kind {
@@ -60,23 +61,7 @@ pub fn stage(d: &Driver, id: &str, staging: &str, cap: &Capability) -> Result<()
     let device = match v.kind {
         Kind::Dir => None,
         Kind::Block => Some(d.loops.attach(&image, ro)?),
-        Kind::Image => {
-            let dev = d.loops.attach(&image, ro)?;
-            let fs_type = v.fs_type.as_deref().unwrap_or("ext4");
-            if d.mounter.mounted(staging_path)?.is_none() {
-                if !ro {
-                    grow_before_mount(d, &dev, fs_type)?;
-                }
-                d.mounter.mount_fs(&dev, staging_path, fs_type, ro)?;
-                if !ro && fs_type != "ext4" {
-                    // btrfs answers EINVAL when there is nothing to grow.
-                    if let Err(e) = grow_fs(fs_type, &dev, staging_path) {
-                        warn!(volume_id = %id, error = %e, "online grow at stage did nothing");
-                    }
-                }
-            }
-            Some(dev)
-        }
+        Kind::Image => Some(stage_image(d, &v, &image, staging_path, ro)?),
     };
     d.crash_point("stage-after-mount");
     d.store.put_stage(&Stage {
@@ -87,6 +72,42 @@ pub fn stage(d: &Driver, id: &str, staging: &str, cap: &Capability) -> Result<()
         readonly: ro,
     })?;
     info!(volume_id = %id, staging_path = %staging, "volume staged");
+    Ok(())
+}
+
+/// Attach the image (or find it attached, by another simulated node on this
+/// machine) and mount its filesystem at the staging path. A device this
+/// stage attached is detached again if the mount fails: it would otherwise
+/// stay attached until a retry that may never come.
+fn stage_image(d: &Driver, v: &Volume, image: &Path, staging: &Path, ro: bool) -> Result<PathBuf> {
+    let existing = d.loops.find(image, ro)?;
+    let dev = match &existing {
+        Some(dev) => dev.clone(),
+        None => d.loops.attach_new(image, ro)?,
+    };
+    if d.mounter.mounted(staging)?.is_none() {
+        if let Err(e) = mount_image(d, v, &dev, staging, ro) {
+            if existing.is_none() {
+                drop_own_device(d, Some(&dev.to_string_lossy()));
+            }
+            return Err(e);
+        }
+    }
+    Ok(dev)
+}
+
+fn mount_image(d: &Driver, v: &Volume, dev: &Path, staging: &Path, ro: bool) -> Result<()> {
+    let fs_type = v.fs_type.as_deref().unwrap_or("ext4");
+    if !ro {
+        grow_before_mount(d, dev, fs_type)?;
+    }
+    d.mounter.mount_fs(dev, staging, fs_type, ro)?;
+    if !ro && fs_type != "ext4" {
+        // btrfs answers EINVAL when there is nothing to grow.
+        if let Err(e) = grow_fs(fs_type, dev, staging) {
+            warn!(volume_id = %v.id, error = %e, "online grow at stage did nothing");
+        }
+    }
     Ok(())
 }
 
@@ -101,7 +122,19 @@ fn grow_before_mount(d: &Driver, dev: &Path, fs_type: &str) -> Result<()> {
     Ok(())
 }
 
+/// Unstage and unpublish may outlive their volume, so they do not look it
+/// up; but an id we never made names no state of ours, and one shaped like
+/// `../x` must not reach a path built from it.
+fn known_id(id: &str) -> Result<()> {
+    if ids::is_valid("vol", id) {
+        Ok(())
+    } else {
+        Err(not_found("volume", id))
+    }
+}
+
 pub fn unstage(d: &Driver, id: &str, staging: &str) -> Result<()> {
+    known_id(id)?;
     let staging_path = Path::new(staging);
     d.mounter.unmount(staging_path)?;
     if let Some(s) = d.store.stage(&d.node_id, id)? {
@@ -240,9 +273,9 @@ fn own_device(d: &Driver, v: &Volume, readonly: bool) -> Result<Option<String>> 
     Ok(Some(dev.to_string_lossy().into_owned()))
 }
 
-/// Detach a publication's own loop device, if it had one. Best effort: the
-/// publication is gone either way, and a leaked device is visible in
-/// `losetup`.
+/// Detach a loop device of a publication (or of a failed stage), if there
+/// is one. Best effort: what it served is gone either way, and a leaked
+/// device is visible in `losetup`.
 pub(super) fn drop_own_device(d: &Driver, device: Option<&str>) {
     if let Some(dev) = device {
         if let Err(e) = d.loops.detach(Path::new(dev)) {
@@ -273,6 +306,7 @@ fn mount_target(d: &Driver, kind: Kind, source: &Path, target: &Path, ro: bool) 
 }
 
 pub fn unpublish(d: &Driver, id: &str, target: &str) -> Result<()> {
+    known_id(id)?;
     let target_path = Path::new(target);
     let _lock = d.store.lock()?;
     // The spec has the plugin remove what it created at the target (a
