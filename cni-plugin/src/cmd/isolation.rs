@@ -257,11 +257,11 @@ pub fn pod_changed<S: IpStore, F: Firewall>(
     let Some(pod) = entry(record) else {
         return Ok(());
     };
-    let policy = load_policy(conf)?;
     let mut layout = match layout {
         Some(l) => l,
-        None => load_layout(conf, store, &policy)?,
+        None => load_layout(conf, store, &load_policy(conf)?)?,
     };
+    let policy = std::mem::take(&mut layout.policy);
     let Some(built) = layout.built.as_ref() else {
         return rebuild(conf, store, fw, &policy);
     };

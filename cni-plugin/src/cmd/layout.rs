@@ -29,6 +29,10 @@ pub struct Layout {
     /// it, so that it never goes back to a value the table had.
     #[serde(default)]
     pub(super) epoch: u64,
+    /// The policy `built` was checked against when this was read: ADD reads
+    /// it once, for the group and the elements.
+    #[serde(skip)]
+    pub(super) policy: Policy,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -72,6 +76,7 @@ pub(super) fn load_layout<S: IpStore>(
                 info!(settings = %now, "the table was built with other settings: rebuilding it");
                 layout.built = None;
             }
+            layout.policy = policy.clone();
             return Ok(layout);
         }
     }
@@ -88,6 +93,7 @@ pub(super) fn load_layout<S: IpStore>(
         groups,
         built: None,
         epoch: recovered_epoch(),
+        policy: policy.clone(),
     })
 }
 
