@@ -8,9 +8,6 @@ use std::process::Command;
 use super::{run, BackendError};
 
 pub trait Loops: Send + Sync {
-    /// The loop device over `file` (read-only or not, as asked), attaching
-    /// one if none is.
-    fn attach(&self, file: &Path, readonly: bool) -> Result<PathBuf, BackendError>;
     /// A new loop device over `file`, whatever others there are.
     fn attach_new(&self, file: &Path, readonly: bool) -> Result<PathBuf, BackendError>;
     /// A loop device over `file` that is read-only, or writable, as asked: a
@@ -45,13 +42,6 @@ fn losetup(args: &[&str]) -> Result<String, BackendError> {
 }
 
 impl Loops for LosetupLoops {
-    fn attach(&self, file: &Path, readonly: bool) -> Result<PathBuf, BackendError> {
-        if let Some(dev) = self.find(file, readonly)? {
-            return Ok(dev);
-        }
-        self.attach_new(file, readonly)
-    }
-
     fn attach_new(&self, file: &Path, readonly: bool) -> Result<PathBuf, BackendError> {
         let f = file.to_string_lossy();
         let mut args = vec!["--find", "--show", "--direct-io=on"];

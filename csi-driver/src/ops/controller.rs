@@ -22,15 +22,23 @@ pub struct CreateArgs {
     pub source: Option<Source>,
 }
 
-pub(super) fn not_found(what: &str, id: &str) -> DriverError {
+fn not_found(what: &str, id: &str) -> DriverError {
     DriverError::NotFound(format!("{what} {id} does not exist"))
+}
+
+/// NOT_FOUND for an id we never made: it names no state of ours, and one
+/// shaped like `../x` must not reach a path built from it.
+pub(super) fn known_volume_id(id: &str) -> Result<()> {
+    if ids::is_valid("vol", id) {
+        Ok(())
+    } else {
+        Err(not_found("volume", id))
+    }
 }
 
 /// A ready volume, or NOT_FOUND (ids we did not make are never looked up).
 pub fn ready_volume(d: &Driver, id: &str) -> Result<Volume> {
-    if !ids::is_valid("vol", id) {
-        return Err(not_found("volume", id));
-    }
+    known_volume_id(id)?;
     match d.store.volume(id)? {
         Some(v) if v.state == VolumeState::Ready => Ok(v),
         _ => Err(not_found("volume", id)),

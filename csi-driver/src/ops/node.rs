@@ -6,11 +6,10 @@ use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
-use super::controller::{not_found, ready_volume};
+use super::controller::{known_volume_id, ready_volume};
 use super::{Driver, DriverError, Result};
 use crate::backend::grow_fs;
 use crate::volume::access::{self, Capability, Refusal};
-use crate::volume::ids;
 use crate::volume::{Kind, NodePublication, PubState, Stage, Volume};
 
 pub const CTX_POD_NAMESPACE: &str = "csi.storage.k8s.io/pod.namespace";
@@ -43,12 +42,10 @@ pub fn stage(d: &Driver, id: &str, staging: &str, cap: &Capability) -> Result<()
             Kind::Dir => true,
             Kind::Image => d.mounter.mounted(Path::new(staging))?.is_some(),
             // After a reboot the recorded number may be another volume's.
-            Kind::Block => {
-                let now = d
-                    .loops
-                    .find(&d.pool.volume_path(Kind::Block, id), s.readonly)?;
-                now.is_some() && now.map(|p| p.to_string_lossy().into_owned()) == s.device
-            }
+            Kind::Block => d
+                .loops
+                .find(&d.pool.volume_path(Kind::Block, id), s.readonly)?
+                .is_some_and(|now| s.device.as_deref() == Some(&*now.to_string_lossy())),
         };
         if still {
             return Ok(());
@@ -60,7 +57,7 @@ pub fn stage(d: &Driver, id: &str, staging: &str, cap: &Capability) -> Result<()
     let image = d.pool.volume_path(v.kind, id);
     let device = match v.kind {
         Kind::Dir => None,
-        Kind::Block => Some(d.loops.attach(&image, ro)?),
+        Kind::Block => Some(attached(d, &image, ro)?.0),
         Kind::Image => Some(stage_image(d, &v, &image, staging_path, ro)?),
     };
     d.crash_point("stage-after-mount");
@@ -75,19 +72,25 @@ pub fn stage(d: &Driver, id: &str, staging: &str, cap: &Capability) -> Result<()
     Ok(())
 }
 
+/// The loop device over `image` (read-only or not, as asked): one already
+/// there (another simulated node's on this machine, or this node's before
+/// a retried stage), or a new one; and whether it is new.
+fn attached(d: &Driver, image: &Path, ro: bool) -> Result<(PathBuf, bool)> {
+    Ok(match d.loops.find(image, ro)? {
+        Some(dev) => (dev, false),
+        None => (d.loops.attach_new(image, ro)?, true),
+    })
+}
+
 /// Attach the image (or find it attached, by another simulated node on this
 /// machine) and mount its filesystem at the staging path. A device this
 /// stage attached is detached again if the mount fails: it would otherwise
 /// stay attached until a retry that may never come.
 fn stage_image(d: &Driver, v: &Volume, image: &Path, staging: &Path, ro: bool) -> Result<PathBuf> {
-    let existing = d.loops.find(image, ro)?;
-    let dev = match &existing {
-        Some(dev) => dev.clone(),
-        None => d.loops.attach_new(image, ro)?,
-    };
+    let (dev, new) = attached(d, image, ro)?;
     if d.mounter.mounted(staging)?.is_none() {
         if let Err(e) = mount_image(d, v, &dev, staging, ro) {
-            if existing.is_none() {
+            if new {
                 drop_own_device(d, Some(&dev.to_string_lossy()));
             }
             return Err(e);
@@ -122,19 +125,10 @@ fn grow_before_mount(d: &Driver, dev: &Path, fs_type: &str) -> Result<()> {
     Ok(())
 }
 
-/// Unstage and unpublish may outlive their volume, so they do not look it
-/// up; but an id we never made names no state of ours, and one shaped like
-/// `../x` must not reach a path built from it.
-fn known_id(id: &str) -> Result<()> {
-    if ids::is_valid("vol", id) {
-        Ok(())
-    } else {
-        Err(not_found("volume", id))
-    }
-}
-
+/// Unstage and unpublish may outlive their volume, so they check its id but
+/// do not look it up.
 pub fn unstage(d: &Driver, id: &str, staging: &str) -> Result<()> {
-    known_id(id)?;
+    known_volume_id(id)?;
     let staging_path = Path::new(staging);
     d.mounter.unmount(staging_path)?;
     if let Some(s) = d.store.stage(&d.node_id, id)? {
@@ -306,7 +300,7 @@ fn mount_target(d: &Driver, kind: Kind, source: &Path, target: &Path, ro: bool) 
 }
 
 pub fn unpublish(d: &Driver, id: &str, target: &str) -> Result<()> {
-    known_id(id)?;
+    known_volume_id(id)?;
     let target_path = Path::new(target);
     let _lock = d.store.lock()?;
     // The spec has the plugin remove what it created at the target (a
