@@ -31,6 +31,7 @@ fn main() -> anyhow::Result<()> {
         loops: Box::new(backend::LosetupLoops),
         quotas: args.driver_config()?.project_quotas,
         crash_at: std::env::var("MOAT_CSI_CRASH_AT").ok(),
+        pause_at: std::env::var("MOAT_CSI_PAUSE_AT").ok(),
     };
     if args.mode.controller() {
         ops::reconcile::controller(&driver)?;

@@ -221,6 +221,7 @@ pub fn create(d: &Driver, a: CreateArgs) -> Result<Volume> {
     let path = d.pool.volume_path(v.kind, &v.id);
     match source_data(d, &v)? {
         Some((from, _)) => {
+            d.pause_point("copy");
             d.pool.copy(v.kind, &from, &path)?;
             d.pool.grow(v.kind, &path, v.capacity)?;
         }
@@ -311,6 +312,13 @@ pub fn unpublish(d: &Driver, id: &str, node: &str) -> Result<()> {
             d.store.remove_publication(id, &p.node_id, &p.target)?;
             warn!(volume_id = %id, node_id = %p.node_id, target_path = %p.target,
                   "node publication dropped: the volume was detached from that node");
+        }
+    }
+    for mut s in d.store.stages_of(id)? {
+        if (node.is_empty() || s.node_id == node) && !s.released {
+            s.released = true;
+            d.store.put_stage(&s)?;
+            warn!(volume_id = %id, node_id = %s.node_id, "stage released: the volume was detached from that node");
         }
     }
     Ok(())

@@ -52,6 +52,10 @@ pub struct Driver {
     pub quotas: BTreeMap<String, u64>,
     /// Test hook: abort the process at this named point, as a SIGKILL would.
     pub crash_at: Option<String>,
+    /// Test hook, `point:file`: at this named point, make `file.reached`
+    /// and wait while `file` exists (at most a minute), so a test can act
+    /// while an operation is half done.
+    pub pause_at: Option<String>,
 }
 
 impl Driver {
@@ -59,6 +63,23 @@ impl Driver {
         if self.crash_at.as_deref() == Some(point) {
             tracing::warn!(point, "crashing on purpose (MOAT_CSI_CRASH_AT)");
             std::process::abort();
+        }
+    }
+
+    pub fn pause_point(&self, point: &str) {
+        let Some((at, file)) = self.pause_at.as_deref().and_then(|p| p.split_once(':')) else {
+            return;
+        };
+        if at != point {
+            return;
+        }
+        tracing::warn!(point, file, "pausing on purpose (MOAT_CSI_PAUSE_AT)");
+        if let Err(e) = std::fs::write(format!("{file}.reached"), point) {
+            tracing::warn!(error = %e, "cannot mark the pause point reached");
+        }
+        let start = std::time::Instant::now();
+        while std::path::Path::new(file).exists() && start.elapsed().as_secs() < 60 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
     }
 }

@@ -28,29 +28,34 @@ fn check_cap(v: &Volume, cap: &Capability) -> Result<()> {
     access::allows(v.kind, &v.modes, cap).map_err(DriverError::InvalidArgument)
 }
 
+/// Staged under the pool lock, decision and mount alike: two nodes racing
+/// for a single-node volume see each other's stage.
 pub fn stage(d: &Driver, id: &str, staging: &str, cap: &Capability) -> Result<()> {
     let v = ready_volume(d, id)?;
     check_cap(&v, cap)?;
-    if let Some(s) = d.store.stage(&d.node_id, id)? {
+    let _lock = d.store.lock()?;
+    let claim = |d: &Driver| {
+        let stages = d.store.stages_of(id)?;
+        access::node_stage(&stages, &d.node_id, cap.mode).map_err(refusal)
+    };
+    if let Some(mut s) = d.store.stage(&d.node_id, id)? {
         if s.staging_path != staging || s.readonly != cap.mode.read_only() {
             return Err(DriverError::AlreadyExists(format!(
                 "volume {id} is staged at {} with readonly={}",
                 s.staging_path, s.readonly
             )));
         }
-        let still = match v.kind {
-            Kind::Dir => true,
-            Kind::Image => d.mounter.mounted(Path::new(staging))?.is_some(),
-            // After a reboot the recorded number may be another volume's.
-            Kind::Block => d
-                .loops
-                .find(&d.pool.volume_path(Kind::Block, id), s.readonly)?
-                .is_some_and(|now| s.device.as_deref() == Some(&*now.to_string_lossy())),
-        };
-        if still {
+        if still_staged(d, &v, &s)? {
+            if s.released || s.mode != Some(cap.mode) {
+                // Staged again after a force-detach: it holds the volume again.
+                claim(d)?;
+                (s.released, s.mode) = (false, Some(cap.mode));
+                d.store.put_stage(&s)?;
+            }
             return Ok(());
         }
     }
+    claim(d)?;
     let ro = cap.mode.read_only();
     let staging_path = Path::new(staging);
     fs::create_dir_all(staging_path).map_err(io("create", staging_path))?;
@@ -67,9 +72,24 @@ pub fn stage(d: &Driver, id: &str, staging: &str, cap: &Capability) -> Result<()
         staging_path: staging.into(),
         device: device.map(|p| p.to_string_lossy().into_owned()),
         readonly: ro,
+        mode: Some(cap.mode),
+        released: false,
     })?;
-    info!(volume_id = %id, staging_path = %staging, "volume staged");
+    info!(volume_id = %id, staging_path = %staging, mode = ?cap.mode, "volume staged");
     Ok(())
+}
+
+/// Whether a stage record's mount (or device) is still in place.
+fn still_staged(d: &Driver, v: &Volume, s: &Stage) -> Result<bool> {
+    Ok(match v.kind {
+        Kind::Dir => true,
+        Kind::Image => d.mounter.mounted(Path::new(&s.staging_path))?.is_some(),
+        // After a reboot the recorded number may be another volume's.
+        Kind::Block => d
+            .loops
+            .find(&d.pool.volume_path(Kind::Block, &v.id), s.readonly)?
+            .is_some_and(|now| s.device.as_deref() == Some(&*now.to_string_lossy())),
+    })
 }
 
 /// The loop device over `image` (read-only or not, as asked): one already

@@ -41,6 +41,7 @@ pub fn create(d: &Driver, source_id: &str, name: &str) -> Result<Snapshot> {
         ready: false,
     };
     d.store.put_snapshot(&snap)?;
+    d.pause_point("copy");
     d.pool.copy(
         v.kind,
         &d.pool.volume_path(v.kind, source_id),

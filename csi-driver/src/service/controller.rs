@@ -6,10 +6,10 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::convert::{self, capabilities, capacity, max_entries, required_capability};
-use super::{require, Ctx};
+use super::{require, source_key, Ctx, Hold};
 use crate::ops::controller::{self as ops, CreateArgs};
 use crate::ops::{page, snapshot, DriverError};
-use crate::volume::ids;
+use crate::volume::{ids, Source};
 
 pub struct ControllerService(pub Ctx);
 
@@ -46,8 +46,14 @@ impl Controller for ControllerService {
             limit,
             caps,
         };
-        let key = ids::derive("vol", &args.name);
-        let v = self.0.run(&key, move |d| ops::create(d, args)).await?;
+        let mut holds = vec![(ids::derive("vol", &args.name), Hold::Exclusive)];
+        if let Some(Source::Volume(id) | Source::Snapshot(id)) = &args.source {
+            holds.push((source_key(id), Hold::Shared));
+        }
+        let v = self
+            .0
+            .run_holding(&holds, move |d| ops::create(d, args))
+            .await?;
         Ok(Response::new(csi::CreateVolumeResponse {
             volume: Some(convert::volume(&v)),
         }))
@@ -61,7 +67,7 @@ impl Controller for ControllerService {
         let id = req.into_inner().volume_id;
         require(!id.is_empty(), "volume_id")?;
         self.0
-            .run(&id.clone(), move |d| ops::delete(d, &id))
+            .run_holding(&deleting(&id), move |d| ops::delete(d, &id))
             .await?;
         Ok(Response::new(csi::DeleteVolumeResponse {}))
     }
@@ -227,10 +233,13 @@ impl Controller for ControllerService {
                 "name has banned characters or is too long",
             ));
         }
-        let key = ids::derive("snap", &r.name);
+        let holds = [
+            (ids::derive("snap", &r.name), Hold::Exclusive),
+            (source_key(&r.source_volume_id), Hold::Shared),
+        ];
         let s = self
             .0
-            .run(&key, move |d| {
+            .run_holding(&holds, move |d| {
                 snapshot::create(d, &r.source_volume_id, &r.name)
             })
             .await?;
@@ -246,7 +255,7 @@ impl Controller for ControllerService {
         let id = req.into_inner().snapshot_id;
         require(!id.is_empty(), "snapshot_id")?;
         self.0
-            .run(&id.clone(), move |d| snapshot::delete(d, &id))
+            .run_holding(&deleting(&id), move |d| snapshot::delete(d, &id))
             .await?;
         Ok(Response::new(csi::DeleteSnapshotResponse {}))
     }
@@ -329,4 +338,12 @@ impl Controller for ControllerService {
             "MODIFY_VOLUME is not advertised: volumes have no mutable parameters",
         ))
     }
+}
+
+/// A delete holds the id and, against copies still reading it, its source key.
+fn deleting(id: &str) -> [(String, Hold); 2] {
+    [
+        (id.to_string(), Hold::Exclusive),
+        (source_key(id), Hold::Exclusive),
+    ]
 }

@@ -6,14 +6,15 @@
 pub mod controller;
 pub mod convert;
 pub mod identity;
+pub mod inflight;
 pub mod node;
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use tonic::Status;
 
 use crate::ops::{Driver, DriverError};
+pub use inflight::{source_key, Hold, InFlight};
 
 impl From<DriverError> for Status {
     fn from(e: DriverError) -> Self {
@@ -43,42 +44,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     msg
 }
 
-/// Keys (volume ids, names) with an operation in progress.
-#[derive(Default)]
-pub struct InFlight(Mutex<HashSet<String>>);
-
-pub struct InFlightGuard {
-    set: Arc<InFlight>,
-    key: String,
-}
-
-impl InFlight {
-    /// No operation in progress.
-    pub fn is_idle(&self) -> bool {
-        self.0.lock().expect("in-flight set").is_empty()
-    }
-
-    /// ABORTED while another operation holds `key`, as the spec asks.
-    pub fn begin(self: &Arc<Self>, key: &str) -> Result<InFlightGuard, Status> {
-        let mut set = self.0.lock().expect("in-flight set");
-        if !set.insert(key.to_string()) {
-            return Err(Status::aborted(format!(
-                "an operation on {key} is already in progress"
-            )));
-        }
-        Ok(InFlightGuard {
-            set: self.clone(),
-            key: key.to_string(),
-        })
-    }
-}
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        self.set.0.lock().expect("in-flight set").remove(&self.key);
-    }
-}
-
 /// Shared by the services.
 #[derive(Clone)]
 pub struct Ctx {
@@ -99,7 +64,18 @@ impl Ctx {
     where
         F: FnOnce(&Driver) -> Result<T, DriverError>,
     {
-        let _guard = self.inflight.begin(key)?;
+        self.run_holding(&[(key.to_string(), Hold::Exclusive)], f)
+            .await
+    }
+
+    /// [`Ctx::run`] holding several keys (see [`inflight`]); the first names
+    /// the operation.
+    pub async fn run_holding<T, F>(&self, holds: &[(String, Hold)], f: F) -> Result<T, Status>
+    where
+        F: FnOnce(&Driver) -> Result<T, DriverError>,
+    {
+        let _guard = self.inflight.begin(holds)?;
+        let key = &holds[0].0;
         // A panic answers INTERNAL, as a failed pool thread did, instead of
         // resetting the client's stream; the guard and any pool lock are
         // released on the way out either way.

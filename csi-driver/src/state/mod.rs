@@ -179,6 +179,19 @@ impl Store {
     pub fn remove_stage(&self, node: &str, volume_id: &str) -> Result<(), StateError> {
         remove(&self.stage_path(node, volume_id), Sync::UntilReboot)
     }
+
+    /// A volume's stages on every node (one directory per node).
+    pub fn stages_of(&self, volume_id: &str) -> Result<Vec<Stage>, StateError> {
+        let dir = self.dir.join("stages");
+        let mut out = Vec::new();
+        for node_dir in fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let node_dir = node_dir.map_err(io_err(&dir))?.path();
+            if let Some(s) = read(&node_dir.join(format!("{volume_id}.json")))? {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
 }
 
 fn hash(s: &str) -> String {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::record::{CtrlPublication, NodePublication};
+use super::record::{CtrlPublication, NodePublication, Stage};
 
 /// CSI access modes (spec v1.12 numbering).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -225,6 +225,24 @@ pub fn node_publish(
         readonly: ro,
         done: false,
     })
+}
+
+/// NodeStage on `node`, judged against the volume's stages on every node
+/// (the records live in the shared pool): a volume for one node at a time is
+/// staged on one node at a time, whether or not the CO asked ControllerPublish
+/// first. Stages the CO has detached (force-detach) no longer count.
+pub fn node_stage(stages: &[Stage], node: &str, mode: AccessMode) -> Result<(), Refusal> {
+    let holder = stages
+        .iter()
+        .filter(|s| s.node_id != node && !s.released)
+        .find(|s| mode.single_node() || s.mode.is_some_and(AccessMode::single_node));
+    match holder {
+        Some(s) => Err(Refusal::Held(format!(
+            "volume is staged on node {} ({:?}) and may be used by one node at a time",
+            s.node_id, s.mode
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// Tenancy: the pod's project must own the volume or be one it is shared with.

@@ -225,3 +225,43 @@ fn an_rwop_publication_excludes_any_other_whatever_the_new_mode() {
         assert!(matches!(r, Err(Refusal::Held(_))), "{mode:?}: {r:?}");
     }
 }
+
+fn stages(entries: &[(&str, Option<AccessMode>, bool)]) -> Vec<Stage> {
+    entries
+        .iter()
+        .map(|(node, mode, released)| Stage {
+            volume_id: "vol-x".into(),
+            node_id: node.to_string(),
+            staging_path: format!("/stage/{node}"),
+            device: None,
+            readonly: false,
+            mode: *mode,
+            released: *released,
+        })
+        .collect()
+}
+
+#[test]
+fn a_single_node_volume_is_staged_on_one_node_at_a_time() {
+    let held = |r: Result<(), Refusal>| matches!(r, Err(Refusal::Held(_)));
+    let rwo = stages(&[("n1", Some(SingleNodeWriter), false)]);
+    assert!(held(node_stage(&rwo, "n2", SingleNodeWriter)));
+    assert!(
+        held(node_stage(&rwo, "n2", MultiNodeReaderOnly)),
+        "the RWO stage holds it"
+    );
+    assert!(
+        node_stage(&rwo, "n1", SingleNodeWriter).is_ok(),
+        "its own stage"
+    );
+    let rox = stages(&[("n1", Some(MultiNodeReaderOnly), false)]);
+    assert!(node_stage(&rox, "n2", MultiNodeReaderOnly).is_ok());
+    assert!(held(node_stage(&rox, "n2", SingleNodeSingleWriter)));
+    // A record from before modes were kept judges by the request alone.
+    let old = stages(&[("n1", None, false)]);
+    assert!(node_stage(&old, "n2", MultiNodeMultiWriter).is_ok());
+    assert!(held(node_stage(&old, "n2", SingleNodeWriter)));
+    // Force-detached from n1: n1's stage no longer counts.
+    let released = stages(&[("n1", Some(SingleNodeWriter), true)]);
+    assert!(node_stage(&released, "n2", SingleNodeWriter).is_ok());
+}

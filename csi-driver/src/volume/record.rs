@@ -91,4 +91,14 @@ pub struct Stage {
     /// The loop device, for image and block volumes.
     pub device: Option<String>,
     pub readonly: bool,
+    /// The access mode it was staged for (None: a record from before modes
+    /// were kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<AccessMode>,
+    /// The CO detached the volume from this node (ControllerUnpublish, a
+    /// force-detach from a node gone for good): the stage no longer holds
+    /// the volume against other nodes. The record stays for the node's own
+    /// NodeUnstage, should the node come back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub released: bool,
 }
