@@ -216,3 +216,45 @@ fn with_the_fast_path_off_tenants_accept_directly() {
     assert!(echo_on(&mut tcp));
     assert!(tcp_connect(&pods[0].ns, pods[2].ip(false)).is_none());
 }
+
+/// A connection the rules closed (here by `isolate`) loses its epoch at its
+/// first dropped packet, so it stays closed when the epoch counter comes
+/// round to the epoch it was marked with. Two mark bits: three epochs.
+#[test]
+fn a_closed_connection_stays_closed_when_the_epoch_comes_round() {
+    let mut conf = tight_conf();
+    conf["isolation"] = json!({"flowMarkMask": 0x3000});
+    let node = Node::new(conf);
+    node.cli(&["project", "join", "a", "b"]).ok();
+    let pods = attach(&node, &["a", "b"]);
+    let (a, b) = (&pods[0], &pods[1]);
+    serve(&b.ns);
+    let udp =
+        a.ns.run(|| UdpSocket::bind((a.ip(false), 40001)).expect("bind"));
+    udp.set_read_timeout(Some(TIMEOUT)).unwrap();
+    assert!(udp_echo(&udp, b.ip(false)), "joined: a → b");
+    let marked_with = node.epoch();
+
+    node.cli(&["project", "isolate", "a"]).ok();
+    assert!(
+        !udp_echo(&udp, b.ip(false)),
+        "isolated: the open flow is cut"
+    );
+    let mut moves = 1;
+    while node.epoch() != marked_with {
+        assert!(moves < 3, "two bits come round in three epochs");
+        node.cli(&["reconcile"]).ok();
+        moves += 1;
+    }
+    assert!(
+        !udp_echo(&udp, b.ip(false)),
+        "the epoch came round: the closed flow must stay closed"
+    );
+    let drops = node.cli(&["drops"]).ok().stdout;
+    assert!(
+        drops
+            .lines()
+            .any(|l| l.split_whitespace().take(2).eq(["a", "b"])),
+        "counted as a → b: {drops}"
+    );
+}

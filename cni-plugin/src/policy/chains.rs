@@ -59,9 +59,13 @@ fn fast_source(f: Fam) -> Vec<Value> {
 /// projects there are.
 pub(super) fn base_chains(b: &mut Batch, spec: &TableSpec) {
     antispoof_chain(b, spec.log);
+    let drops = Drops {
+        log: spec.log,
+        forget: spec.flow_mark_mask,
+    };
     for f in FAMS {
-        to_pod_chain(b, f, spec.log);
-        from_pod_chain(b, f, spec.log);
+        to_pod_chain(b, f, drops);
+        from_pod_chain(b, f, drops);
     }
     b.add_chain("input", Some(("filter", "input", PRIO_FILTER_EARLY)));
     b.add_rule("input", vec![jump(ANTISPOOF)]);
@@ -138,8 +142,23 @@ fn antispoof_chain(b: &mut Batch, log: Option<LogTarget>) {
         ];
         // By veth, which names the pod that sent it, and the forged source.
         let count = drop_meter(f, SPOOF_METER, vec![meta("iifname"), f.saddr()]);
-        logged_drop(b, ANTISPOOF, spoofed, count, log, DropKind::Spoofed);
+        // A forged packet may match a pod's own connection: its mark stays.
+        let drops = Drops { log, forget: 0 };
+        logged_drop(b, ANTISPOOF, spoofed, count, drops, DropKind::Spoofed);
     }
+}
+
+/// How a chain's drops are made.
+#[derive(Debug, Clone, Copy)]
+struct Drops {
+    /// Where they are logged, if anywhere.
+    log: Option<LogTarget>,
+    /// Epoch bits of the conntrack mark that a dropped packet's connection
+    /// loses (0: none). A connection the rules let open and a later change
+    /// closed keeps its old epoch in its mark; once the counter came round to
+    /// that epoch again it would pass the fast path unchecked. Cleared at its
+    /// first dropped packet, the mark can never match an epoch again.
+    forget: u32,
 }
 
 /// A drop of what `matching` matches, in three rules with that match: log
@@ -153,15 +172,25 @@ fn logged_drop(
     chain: &str,
     matching: Vec<Value>,
     meter: Value,
-    log: Option<LogTarget>,
+    drops: Drops,
     kind: DropKind,
 ) {
     let with = |extra: Vec<Value>| matching.iter().cloned().chain(extra).collect::<Vec<_>>();
-    if let Some(target) = log {
+    if let Some(target) = drops.log {
         b.add_rule(chain, with(log_statements(target, kind)));
     }
     b.add_rule(chain, with(vec![meter]));
-    b.add_rule(chain, with(vec![verdict("drop")]));
+    let mut drop = vec![verdict("drop")];
+    if drops.forget != 0 {
+        drop.insert(0, forget_epoch(drops.forget));
+    }
+    b.add_rule(chain, with(drop));
+}
+
+/// `ct mark set ct mark & ~mask`: the connection's epoch bits cleared, its
+/// other bits (another program's) kept.
+fn forget_epoch(mask: u32) -> Value {
+    json!({"mangle": {"key": ct("mark"), "value": {"&": [ct("mark"), !mask]}}})
 }
 
 /// Pods' packets to anywhere outside the cluster leave with the node's address.
@@ -181,7 +210,7 @@ fn masquerade_chain(b: &mut Batch) {
 }
 
 /// Traffic to a local pod.
-fn to_pod_chain(b: &mut Batch, f: Fam, log: Option<LogTarget>) {
+fn to_pod_chain(b: &mut Batch, f: Fam, drops: Drops) {
     let chain = f.name("to_pod");
     b.add_chain(&chain, None);
     // The source's project first: a tenant's chain accepts if the
@@ -212,7 +241,7 @@ fn to_pod_chain(b: &mut Batch, f: Fam, log: Option<LogTarget>) {
     for (sources, meter) in [("pods", CROSS_METER), ("cluster", PEER_METER)] {
         let count = drop_meter(f, meter, vec![f.saddr(), f.daddr()]);
         let from = vec![in_set(f.saddr(), &f.name(sources))];
-        logged_drop(b, &chain, from, count, log, DropKind::CrossTenant);
+        logged_drop(b, &chain, from, count, drops, DropKind::CrossTenant);
     }
     // From outside: only what a service or NodePort DNAT brought in, and replies.
     b.add_rule(
@@ -238,7 +267,7 @@ fn accept_replies(b: &mut Batch, chain: &str) {
 }
 
 /// Traffic from a local pod to anything that is not a local pod.
-fn from_pod_chain(b: &mut Batch, f: Fam, log: Option<LogTarget>) {
+fn from_pod_chain(b: &mut Batch, f: Fam, drops: Drops) {
     let chain = f.name("from_pod");
     b.add_chain(&chain, None);
     accept_replies(b, &chain);
@@ -247,7 +276,7 @@ fn from_pod_chain(b: &mut Batch, f: Fam, log: Option<LogTarget>) {
         not_in_set(f.daddr(), &f.name("cluster")),
     ];
     let count = drop_meter(f, EGRESS_METER, vec![f.saddr(), f.daddr()]);
-    logged_drop(b, &chain, leaving, count, log, DropKind::EgressDenied);
+    logged_drop(b, &chain, leaving, count, drops, DropKind::EgressDenied);
 }
 
 /// The fixed chains that a listing of our table has empty or not at all. A

@@ -11,7 +11,7 @@
 
 use serde_json::json;
 
-use super::nftjson::{matches, verdict, Batch};
+use super::nftjson::{ct, matches, verdict, Batch};
 
 /// Holds the one rule `ct mark & mask == epoch accept`, which the forward
 /// chain's first rule jumps to. A chain of its own, so that moving the epoch
@@ -46,10 +46,6 @@ pub fn mark(mask: u32, epoch: u64) -> Option<EpochMark> {
     })
 }
 
-fn ct_mark() -> serde_json::Value {
-    json!({"ct": {"key": "mark"}})
-}
-
 impl Batch {
     /// Replace the epoch: the checking rule and the marking rule (in a
     /// rebuild, fill the new chains).
@@ -64,11 +60,11 @@ impl Batch {
             ],
         );
         self.flush_chain(VERIFIED_CHAIN);
-        let keep_others = json!({"&": [ct_mark(), !m.mask]});
+        let keep_others = json!({"&": [ct("mark"), !m.mask]});
         self.add_rule(
             VERIFIED_CHAIN,
             vec![
-                json!({"mangle": {"key": ct_mark(), "value": {"|": [keep_others, m.value]}}}),
+                json!({"mangle": {"key": ct("mark"), "value": {"|": [keep_others, m.value]}}}),
                 verdict("accept"),
             ],
         );
@@ -79,7 +75,7 @@ impl Batch {
 
 /// `ct mark & mask`: what the epoch rule compares.
 pub fn masked_mark(mask: u32) -> serde_json::Value {
-    json!({"&": [ct_mark(), mask]})
+    json!({"&": [ct("mark"), mask]})
 }
 
 #[cfg(test)]
