@@ -6,7 +6,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use moat_csi_proto as csi;
-use moat_e2e::csi::{create_req, mount_cap, refused, stage_req, Cluster, Mode, MIB};
+use moat_e2e::csi::{
+    block_cap, create_req, mount_cap, publish_req, refused, stage_req, write_in, Cluster, Mode, MIB,
+};
 use nix::sys::signal::Signal;
 use tonic::Code;
 
@@ -66,6 +68,82 @@ async fn a_single_node_volume_is_staged_on_one_node_at_a_time() {
             .await
             .unwrap_or_else(|e| panic!("ROX on node {i}: {e:?}"));
     }
+}
+
+/// A force-detach from a node that is in fact still alive (ControllerUnpublish
+/// from n1 while n1 has the volume staged and published) releases n1's
+/// stage: n2 may stage and publish the volume, while n1 may neither publish
+/// it again nor stage it while n2 holds it. n1's clean-up (unpublish,
+/// unstage) then leaves n2's use alone, also for a block volume, whose loop
+/// device the two simulated nodes share in one kernel.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_released_stage_no_longer_serves_its_node() {
+    let c = Cluster::new(&["n1", "n2"]);
+    for (name, cap) in [
+        ("pvc-released-fs", mount_cap(Mode::SingleNodeWriter, "ext4")),
+        ("pvc-released-blk", block_cap(Mode::SingleNodeWriter)),
+    ] {
+        let id = c.create(name, 64 * MIB, cap.clone(), "shop").await;
+        let first = c
+            .attach(0, &id, cap.clone(), false, "shop", name)
+            .await
+            .unwrap();
+        let detach = csi::ControllerUnpublishVolumeRequest {
+            volume_id: id.clone(),
+            node_id: c.nodes[0].node_id.clone(),
+            ..Default::default()
+        };
+        c.ctrl()
+            .await
+            .controller_unpublish_volume(detach)
+            .await
+            .unwrap();
+        // Before n2 has it, only the released stage stands in n1's way.
+        let staging = c.path(0, &format!("staging-{id}"));
+        let again = publish_req(
+            &id,
+            &staging,
+            &c.path(0, &format!("{name}-again")),
+            cap.clone(),
+            false,
+            "shop",
+        );
+        let mut n1 = c.node(0).await;
+        let status = refused(n1.node_publish_volume(again), Code::FailedPrecondition).await;
+        assert!(status.message().contains("detached"), "{status:?}");
+        let second = c
+            .attach(1, &id, cap.clone(), false, "shop", name)
+            .await
+            .expect("the volume follows its pod to n2");
+        let restage = stage_req(&id, &staging, cap.clone());
+        refused(n1.node_stage_volume(restage), Code::FailedPrecondition).await;
+        let unpublish = csi::NodeUnpublishVolumeRequest {
+            volume_id: id.clone(),
+            target_path: first,
+        };
+        n1.node_unpublish_volume(unpublish).await.unwrap();
+        let unstage = csi::NodeUnstageVolumeRequest {
+            volume_id: id.clone(),
+            staging_target_path: staging,
+        };
+        n1.node_unstage_volume(unstage).await.unwrap();
+        still_usable(&second, name);
+    }
+}
+
+/// A published filesystem takes a write; a published block device is still
+/// backed by its image (a detached loop device reads as empty).
+fn still_usable(target: &str, name: &str) {
+    use std::io::Read;
+    if Path::new(target).is_dir() {
+        write_in(target, "still", "yes").unwrap_or_else(|e| panic!("{name}: {e}"));
+        return;
+    }
+    let mut first = [0u8; 512];
+    let n = std::fs::File::open(target)
+        .and_then(|mut f| f.read(&mut first))
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    assert_eq!(n, 512, "{name}: the device lost its image");
 }
 
 /// The controller paused in the middle of copying a source (the pause file
@@ -205,4 +283,54 @@ async fn a_source_being_copied_cannot_be_deleted() {
         .await
         .expect("the restore is done");
     delete_volume(&c, &src).await.expect("the copies are done");
+}
+
+/// What a reboot leaves of a stage is its record alone (no mount, no loop
+/// device). The node's start-up reconcile drops such a record: a stale one
+/// would hold a single-node volume against every other node for good.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_restarted_without_its_mounts_drops_its_stage_records() {
+    let mut c = Cluster::new(&["n1", "n2"]);
+    let rwo = mount_cap(Mode::SingleNodeWriter, "ext4");
+    let id = c
+        .create("pvc-rebooted", 64 * MIB, rwo.clone(), "shop")
+        .await;
+    let staging = c.path(0, "staging");
+    c.node(0)
+        .await
+        .node_stage_volume(stage_req(&id, &staging, rwo.clone()))
+        .await
+        .unwrap();
+    c.nodes[0].stop(Signal::SIGKILL);
+    let run = |prog: &str, args: &[&str]| {
+        let ok = std::process::Command::new(prog)
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "{prog} {args:?}");
+    };
+    run("umount", &[&staging]);
+    let image = c.pool.join(format!("volumes/{id}.img"));
+    let devices = std::process::Command::new("losetup")
+        .args(["--noheadings", "--output", "NAME", "--associated"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    for dev in String::from_utf8_lossy(&devices.stdout).split_whitespace() {
+        run("losetup", &["--detach", dev]);
+    }
+    let elsewhere = c.path(1, "staging");
+    let stale = stage_req(&id, &elsewhere, rwo.clone());
+    refused(
+        c.node(1).await.node_stage_volume(stale),
+        Code::FailedPrecondition,
+    )
+    .await;
+    c.start(Some(0));
+    c.node(0).await; // serving: its start-up reconcile is done
+    c.node(1)
+        .await
+        .node_stage_volume(stage_req(&id, &elsewhere, rwo))
+        .await
+        .expect("the stale stage no longer holds the volume");
 }

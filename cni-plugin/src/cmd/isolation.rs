@@ -13,7 +13,6 @@ use crate::ipam::{Attachment, IpStore};
 use crate::policy::chains::empty_chains;
 use crate::policy::diff::{peers_change, policy_change};
 use crate::policy::droplog::LogTarget;
-use crate::policy::epoch::mark;
 use crate::policy::file::{load, save};
 use crate::policy::neighbours::{claim, conflicts};
 use crate::policy::peers::{self, Peer};
@@ -196,7 +195,7 @@ pub fn rebuild<S: IpStore, F: Firewall>(
     // not trust the old group map for the pruned groups (a new project could
     // get one of their numbers and be judged by the old project's chain).
     layout.built = None;
-    next_epoch(conf, &mut layout)?;
+    next_epoch(conf, &mut layout, fw)?;
     let groups = &layout.groups;
     let spec = spec(conf);
     check_neighbours(&spec, fw)?;
@@ -277,7 +276,7 @@ pub fn pod_changed<S: IpStore, F: Firewall>(
     let mut batch = pod_change(&spec(conf), &policy, &pod, added, known);
     if !added {
         // The pod's addresses may go to another project's pod next.
-        if let Some(m) = next_epoch(conf, &mut layout)? {
+        if let Some(m) = next_epoch(conf, &mut layout, fw)? {
             batch.set_epoch(m);
         }
     }
@@ -357,10 +356,11 @@ fn in_place<S: IpStore, F: Firewall>(
     let mut layout = load_layout(conf, store, &load_policy(conf)?)?;
     let built = layout.built.take();
     // Peers and policy may take permissions away: open connections meet the
-    // rules again (the new epoch is saved with "not built").
-    layout.epoch += 1;
-    let epoch = mark(conf.isolation.flow_mark_mask, layout.epoch);
-    if built.is_some() {
+    // rules again. Saved with "not built" (also with the fast path off, when
+    // next_epoch saves nothing): a crash before the table has the change
+    // makes the next one rebuild.
+    let epoch = next_epoch(conf, &mut layout, fw)?;
+    if built.is_some() && epoch.is_none() {
         save_layout(conf, &layout)?;
     }
     persist()?;

@@ -8,8 +8,9 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use super::isolation::{load_policy, spec};
+use crate::firewall::Firewall;
 use crate::ipam::IpStore;
-use crate::policy::epoch::{mark, EpochMark};
+use crate::policy::epoch::{comes_round, mark, EpochMark};
 use crate::policy::ruleset::Groups;
 use crate::policy::{Policy, Project, TableSpec};
 use crate::spec::{CniError, Code, NetConf};
@@ -33,6 +34,10 @@ pub struct Layout {
     /// it once, for the group and the elements.
     #[serde(skip)]
     pub(super) policy: Policy,
+    /// Recovered from the records, the file lost: which epochs connections
+    /// may carry is unknown.
+    #[serde(skip)]
+    recovered: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -94,6 +99,7 @@ pub(super) fn load_layout<S: IpStore>(
         built: None,
         epoch: recovered_epoch(),
         policy: policy.clone(),
+        recovered: true,
     })
 }
 
@@ -104,15 +110,33 @@ fn recovered_epoch() -> u64 {
     now.map_or(0, |d| d.as_secs())
 }
 
-/// Move the epoch and save it before the table gets it.
-pub(super) fn next_epoch(
+/// Move the epoch and save it before the table gets it. When the counter
+/// comes round to values it used before (or nobody knows which it used),
+/// connections first lose whatever epoch their marks carry: one marked a
+/// round ago, and idle since the change that closed it, would otherwise
+/// pass when its old epoch is current again. Best effort: a failed sweep
+/// leaves only that case open, and must not fail the DEL or change.
+pub(super) fn next_epoch<F: Firewall>(
     conf: &NetConf,
     layout: &mut Layout,
+    fw: &mut F,
 ) -> Result<Option<EpochMark>, CniError> {
     layout.epoch += 1;
-    let m = mark(conf.isolation.flow_mark_mask, layout.epoch);
+    let mask = conf.isolation.flow_mark_mask;
+    let m = mark(mask, layout.epoch);
     if m.is_some() {
         save_layout(conf, layout)?;
+        if layout.recovered || comes_round(mask, layout.epoch) {
+            match fw.forget_marks(mask) {
+                Ok(n) => info!(
+                    epoch = layout.epoch,
+                    connections = n,
+                    "epochs forgotten: the counter came round"
+                ),
+                Err(e) => warn!(error = %e, "cannot clear old epochs from conntrack marks"),
+            }
+            layout.recovered = false;
+        }
     }
     Ok(m)
 }

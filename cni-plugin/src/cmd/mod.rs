@@ -9,6 +9,8 @@ pub mod isolation;
 mod layout;
 mod naming;
 mod status;
+#[cfg(test)]
+mod sweep_tests;
 mod teardown;
 #[cfg(test)]
 mod tests;

@@ -10,10 +10,10 @@ use crate::netlink::fake::FakeWiring;
 use crate::spec::{CniError, Code, Invocation, NetConf};
 
 #[derive(Default)]
-struct World {
+pub(super) struct World {
     store: FakeStore,
     wiring: FakeWiring,
-    fw: FakeFirewall,
+    pub(super) fw: FakeFirewall,
     dirs: Dirs,
 }
 
@@ -30,7 +30,7 @@ impl Drop for Dirs {
 }
 
 impl World {
-    fn run(
+    pub(super) fn run(
         &mut self,
         conf: &NetConf,
         inv: &Invocation,
@@ -48,7 +48,7 @@ impl World {
 
 /// A state directory of its own per call: tests run in parallel threads and
 /// files such as the tenant-chain record must not leak between them.
-fn conf(extra: serde_json::Value) -> NetConf {
+pub(super) fn conf(extra: serde_json::Value) -> NetConf {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("moat-cmd-test-{}-{n}", std::process::id()));
@@ -60,7 +60,7 @@ fn conf(extra: serde_json::Value) -> NetConf {
     NetConf::parse(c.to_string().as_bytes(), "moat").unwrap()
 }
 
-fn inv(cmd: &str, cid: &str) -> Invocation {
+pub(super) fn inv(cmd: &str, cid: &str) -> Invocation {
     let env = [
         ("CNI_COMMAND", cmd),
         ("CNI_CONTAINERID", cid),

@@ -2,6 +2,7 @@
 //! outside our table is ever flushed or changed; other tables are only read,
 //! at a rebuild, to find another moat network's (`policy::neighbours`).
 
+mod conntrack;
 mod drops;
 #[cfg(test)]
 pub mod fake;
@@ -42,6 +43,8 @@ pub enum FirewallError {
         #[source]
         source: Box<nftables::helper::NftablesError>,
     },
+    #[error("cannot clear the fast path's bits in the conntrack marks")]
+    Conntrack(#[from] conntrack::ConntrackError),
     #[error("nft listing of table {table} is not valid JSON")]
     Json {
         table: String,
@@ -60,6 +63,9 @@ pub trait Firewall {
     fn inet_tables(&mut self) -> Result<Vec<String>, FirewallError>;
     /// Per (source, destination) packet counts of dropped cross-tenant traffic.
     fn drops(&mut self, table: &str) -> Result<Vec<DropCount>, FirewallError>;
+    /// Clear `mask`'s bits in every connection's conntrack mark; returns
+    /// how many connections had any.
+    fn forget_marks(&mut self, mask: u32) -> Result<usize, FirewallError>;
 }
 
 pub struct NftFirewall {
@@ -193,6 +199,10 @@ impl Firewall for NftFirewall {
             }
         }
         Ok(out)
+    }
+
+    fn forget_marks(&mut self, mask: u32) -> Result<usize, FirewallError> {
+        Ok(conntrack::forget_bits(mask)?)
     }
 }
 

@@ -73,6 +73,13 @@ impl Batch {
     }
 }
 
+/// Whether epoch number `epoch` starts a new round of the mask's values:
+/// from here on each value was current once before, and a connection may
+/// still carry it (see `firewall::conntrack`).
+pub fn comes_round(mask: u32, epoch: u64) -> bool {
+    mask != 0 && epoch % u64::from(mask >> mask.trailing_zeros()) == 0
+}
+
 /// `ct mark & mask`: what the epoch rule compares.
 pub fn masked_mark(mask: u32) -> serde_json::Value {
     json!({"&": [ct("mark"), mask]})
@@ -95,6 +102,10 @@ mod tests {
             mark(u32::MAX, u64::from(u32::MAX) - 1).unwrap().value,
             u32::MAX
         );
+        assert!(comes_round(0xffff_f000, 0xf_ffff * 2) && !comes_round(0xffff_f000, 0xf_fffe));
+        assert!(!comes_round(0, 0));
+        let first = |e| mark(0x3000, e).unwrap().value == 0x1000;
+        assert!((1..20).all(|e| comes_round(0x3000, e) == first(e)));
         for e in 0..600 {
             let m = mark(0x0000_ff00, e).unwrap();
             assert_eq!(m.value & !m.mask, 0);

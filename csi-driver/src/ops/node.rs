@@ -9,7 +9,7 @@ use tracing::{info, warn};
 use super::controller::{known_volume_id, ready_volume};
 use super::{Driver, DriverError, Result};
 use crate::backend::grow_fs;
-use crate::volume::access::{self, Capability, Refusal};
+use crate::volume::access::{self, AccessMode, Capability, Refusal};
 use crate::volume::{Kind, NodePublication, PubState, Stage, Volume};
 
 pub const CTX_POD_NAMESPACE: &str = "csi.storage.k8s.io/pod.namespace";
@@ -28,45 +28,17 @@ fn check_cap(v: &Volume, cap: &Capability) -> Result<()> {
     access::allows(v.kind, &v.modes, cap).map_err(DriverError::InvalidArgument)
 }
 
-/// Staged under the pool lock, decision and mount alike: two nodes racing
-/// for a single-node volume see each other's stage.
+/// Decided and claimed under the pool lock, so two nodes racing for a
+/// single-node volume see each other's stage; attached and mounted after
+/// it, so a slow mount (the resize of a large image) holds up no other
+/// node's RPCs. The claim is the stage record without its device: a crash
+/// before the mount leaves it, which a retried NodeStage redoes and the
+/// node's start-up reconcile drops.
 pub fn stage(d: &Driver, id: &str, staging: &str, cap: &Capability) -> Result<()> {
     let v = ready_volume(d, id)?;
     check_cap(&v, cap)?;
-    let _lock = d.store.lock()?;
-    let claim = |d: &Driver| {
-        let stages = d.store.stages_of(id)?;
-        access::node_stage(&stages, &d.node_id, cap.mode).map_err(refusal)
-    };
-    if let Some(mut s) = d.store.stage(&d.node_id, id)? {
-        if s.staging_path != staging || s.readonly != cap.mode.read_only() {
-            return Err(DriverError::AlreadyExists(format!(
-                "volume {id} is staged at {} with readonly={}",
-                s.staging_path, s.readonly
-            )));
-        }
-        if still_staged(d, &v, &s)? {
-            if s.released || s.mode != Some(cap.mode) {
-                // Staged again after a force-detach: it holds the volume again.
-                claim(d)?;
-                (s.released, s.mode) = (false, Some(cap.mode));
-                d.store.put_stage(&s)?;
-            }
-            return Ok(());
-        }
-    }
-    claim(d)?;
     let ro = cap.mode.read_only();
-    let staging_path = Path::new(staging);
-    fs::create_dir_all(staging_path).map_err(io("create", staging_path))?;
-    let image = d.pool.volume_path(v.kind, id);
-    let device = match v.kind {
-        Kind::Dir => None,
-        Kind::Block => Some(attached(d, &image, ro)?.0),
-        Kind::Image => Some(stage_image(d, &v, &image, staging_path, ro)?),
-    };
-    d.crash_point("stage-after-mount");
-    d.store.put_stage(&Stage {
+    let record = |device: Option<PathBuf>| Stage {
         volume_id: id.into(),
         node_id: d.node_id.clone(),
         staging_path: staging.into(),
@@ -74,13 +46,71 @@ pub fn stage(d: &Driver, id: &str, staging: &str, cap: &Capability) -> Result<()
         readonly: ro,
         mode: Some(cap.mode),
         released: false,
-    })?;
+    };
+    {
+        let _lock = d.store.lock()?;
+        if let Some(s) = d.store.stage(&d.node_id, id)? {
+            if s.staging_path != staging || s.readonly != ro {
+                return Err(DriverError::AlreadyExists(format!(
+                    "volume {id} is staged at {} with readonly={}",
+                    s.staging_path, s.readonly
+                )));
+            }
+            if still_staged(d, &v, &s)? {
+                return restaged(d, s, cap.mode);
+            }
+        }
+        claim(d, id, cap.mode)?;
+        d.store.put_stage(&record(None))?;
+    }
+    let staging_path = Path::new(staging);
+    let image = d.pool.volume_path(v.kind, id);
+    let device = fs::create_dir_all(staging_path)
+        .map_err(io("create", staging_path))
+        .and_then(|()| match v.kind {
+            Kind::Dir => Ok(None),
+            Kind::Block => Ok(Some(attached(d, &image, ro)?.0)),
+            Kind::Image => Ok(Some(stage_image(d, &v, &image, staging_path, ro)?)),
+        });
+    let device = match device {
+        Ok(dev) => dev,
+        Err(e) => {
+            let _lock = d.store.lock()?;
+            d.store.remove_stage(&d.node_id, id)?;
+            return Err(e);
+        }
+    };
+    d.crash_point("stage-after-mount");
+    d.store.put_stage(&record(device))?;
     info!(volume_id = %id, staging_path = %staging, mode = ?cap.mode, "volume staged");
     Ok(())
 }
 
+/// The volume may be staged on this node for `mode`: no other node's stage
+/// holds it (see [`access::node_stage`]).
+fn claim(d: &Driver, id: &str, mode: AccessMode) -> Result<()> {
+    let stages = d.store.stages_of(id)?;
+    access::node_stage(&stages, &d.node_id, mode).map_err(refusal)
+}
+
+/// NodeStage again over a stage still in place: done, unless the CO
+/// detached it meanwhile (it must hold the volume again) or asks for a
+/// single-node mode where it had another. A record from before modes were
+/// kept only learns its mode: this node already holds the volume.
+fn restaged(d: &Driver, mut s: Stage, mode: AccessMode) -> Result<()> {
+    if s.mode == Some(mode) && !s.released {
+        return Ok(());
+    }
+    if s.released || s.mode.is_some() {
+        claim(d, &s.volume_id, mode)?;
+    }
+    (s.mode, s.released) = (Some(mode), false);
+    d.store.put_stage(&s)?;
+    Ok(())
+}
+
 /// Whether a stage record's mount (or device) is still in place.
-fn still_staged(d: &Driver, v: &Volume, s: &Stage) -> Result<bool> {
+pub(super) fn still_staged(d: &Driver, v: &Volume, s: &Stage) -> Result<bool> {
     Ok(match v.kind {
         Kind::Dir => true,
         Kind::Image => d.mounter.mounted(Path::new(&s.staging_path))?.is_some(),
@@ -151,8 +181,18 @@ pub fn unstage(d: &Driver, id: &str, staging: &str) -> Result<()> {
     known_volume_id(id)?;
     let staging_path = Path::new(staging);
     d.mounter.unmount(staging_path)?;
+    // Locked: a ControllerUnpublish releasing this record meanwhile would
+    // write it back after its removal.
+    let _lock = d.store.lock()?;
     if let Some(s) = d.store.stage(&d.node_id, id)? {
-        if s.device.is_some() {
+        // Nodes sharing one kernel (kind, tests) share a loop device: after
+        // a force-detach another node may stage the volume on the device
+        // this one attached. A mounted device outlives its detach, a block
+        // volume's does not.
+        let shared = d.store.stages_of(id)?.iter().any(|o| {
+            o.node_id != d.node_id && !o.released && o.device.is_some() && o.device == s.device
+        });
+        if s.device.is_some() && !shared {
             detach_image(d, id, s.readonly)?;
         }
         d.crash_point("unstage-after-detach");
@@ -196,6 +236,19 @@ fn refusal(r: Refusal) -> DriverError {
     }
 }
 
+/// A stage the CO detached (a force-detach from a node it took for gone)
+/// no longer holds the volume: another node may have it mounted read-write
+/// by now, so nothing here may mount or grow it until NodeStage again.
+fn refuse_released(s: &Stage) -> Result<()> {
+    if s.released {
+        return Err(DriverError::FailedPrecondition(format!(
+            "volume {} was detached from this node; NodeStage it again",
+            s.volume_id
+        )));
+    }
+    Ok(())
+}
+
 /// What gets bind-mounted at the target.
 fn bind_source(d: &Driver, v: &Volume, staging: &str) -> Result<PathBuf> {
     let not_staged = || {
@@ -209,6 +262,7 @@ fn bind_source(d: &Driver, v: &Volume, staging: &str) -> Result<PathBuf> {
         .stage(&d.node_id, &v.id)?
         .filter(|s| s.staging_path == staging)
         .ok_or_else(not_staged)?;
+    refuse_released(&stage)?;
     Ok(match v.kind {
         Kind::Dir => d.pool.volume_path(Kind::Dir, &v.id),
         Kind::Block => PathBuf::from(stage.device.ok_or_else(not_staged)?),
@@ -399,6 +453,7 @@ pub fn expand(d: &Driver, id: &str) -> Result<u64> {
     let stage = d.store.stage(&d.node_id, id)?.ok_or_else(|| {
         DriverError::FailedPrecondition(format!("volume {id} is not staged on this node"))
     })?;
+    refuse_released(&stage)?;
     let dev = PathBuf::from(stage.device.unwrap_or_default());
     d.loops.refresh(&dev)?;
     if v.kind == Kind::Image {

@@ -1,6 +1,8 @@
 //! Start-up repair after a crash: finish or roll back what a killed process
 //! left half done, from the records and the mount table.
 
+use std::path::Path;
+
 use tracing::{info, warn};
 
 use super::{Driver, Result};
@@ -27,9 +29,12 @@ pub fn controller(d: &Driver) -> Result<()> {
 }
 
 /// Node: a publication recorded but not confirmed is kept if its bind mount
-/// exists and dropped if not, so records and mounts agree.
+/// exists and dropped if not, so records and mounts agree; so is a stage
+/// (after a reboot none is left, and a stale one would hold a single-node
+/// volume against every other node).
 pub fn node(d: &Driver) -> Result<()> {
     let _lock = d.store.lock()?;
+    stages(d)?;
     let torn = d.store.remove_torn_publications()?;
     if torn > 0 {
         warn!(
@@ -38,10 +43,7 @@ pub fn node(d: &Driver) -> Result<()> {
         );
     }
     for mut p in d.store.node_publications(&d.node_id)? {
-        let mounted = d
-            .mounter
-            .mounted(std::path::Path::new(&p.target))?
-            .is_some();
+        let mounted = d.mounter.mounted(Path::new(&p.target))?.is_some();
         match (p.state, mounted) {
             (PubState::Publishing, true) => {
                 p.state = PubState::Published;
@@ -55,6 +57,21 @@ pub fn node(d: &Driver) -> Result<()> {
                 warn!(volume_id = %p.volume_id, target_path = %p.target, "publication without a mount dropped");
             }
             _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn stages(d: &Driver) -> Result<()> {
+    for (id, stage) in d.store.node_stages(&d.node_id)? {
+        let kept = match (&stage, d.store.volume(&id)?) {
+            (None, _) => false,
+            (Some(s), Some(v)) => super::node::still_staged(d, &v, s)?,
+            (Some(s), None) => d.mounter.mounted(Path::new(&s.staging_path))?.is_some(),
+        };
+        if !kept {
+            d.store.remove_stage(&d.node_id, &id)?;
+            warn!(volume_id = %id, readable = stage.is_some(), "stage record without its mount dropped");
         }
     }
     Ok(())

@@ -180,17 +180,37 @@ impl Store {
         remove(&self.stage_path(node, volume_id), Sync::UntilReboot)
     }
 
-    /// A volume's stages on every node (one directory per node).
+    /// A volume's stages on every node (one directory per node). A record
+    /// that cannot be read (one left empty by a power cut: stage records are
+    /// not synced) is skipped with a warning: one node's bad record must not
+    /// stop every node's NodeStage, nor the ControllerUnpublish that frees it.
     pub fn stages_of(&self, volume_id: &str) -> Result<Vec<Stage>, StateError> {
         let dir = self.dir.join("stages");
         let mut out = Vec::new();
         for node_dir in fs::read_dir(&dir).map_err(io_err(&dir))? {
             let node_dir = node_dir.map_err(io_err(&dir))?.path();
-            if let Some(s) = read(&node_dir.join(format!("{volume_id}.json")))? {
-                out.push(s);
+            if !node_dir.is_dir() {
+                continue;
+            }
+            match read(&node_dir.join(format!("{volume_id}.json"))) {
+                Ok(s) => out.extend(s),
+                Err(e) => tracing::warn!(error = %e, "unreadable stage record skipped"),
             }
         }
         Ok(out)
+    }
+
+    /// This node's stage records by volume id, `None` for one that cannot
+    /// be read.
+    pub fn node_stages(&self, node: &str) -> Result<Vec<(String, Option<Stage>)>, StateError> {
+        let dir = self.dir.join("stages").join(hash(node));
+        Ok(record_paths(&dir)?
+            .into_iter()
+            .filter_map(|p| {
+                let id = p.file_stem()?.to_str()?.to_string();
+                Some((id, read(&p).ok().flatten()))
+            })
+            .collect())
     }
 }
 
