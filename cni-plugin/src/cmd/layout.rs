@@ -35,8 +35,10 @@ pub struct Layout {
     #[serde(skip)]
     pub(super) policy: Policy,
     /// Recovered from the records, the file lost: which epochs connections
-    /// may carry is unknown.
-    #[serde(skip)]
+    /// may carry is unknown until the next epoch move sweeps them. Saved:
+    /// the first ADD saves the layout (its group) before the rebuild reads
+    /// it again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     recovered: bool,
 }
 
