@@ -429,6 +429,20 @@ impl Cluster {
             .await
     }
 
+    /// ControllerUnpublish of `id` from node `i`: the end of a detach, or a
+    /// force-detach from a node taken for gone.
+    pub async fn detach_from(&self, i: usize, id: &str) {
+        let req = csi::ControllerUnpublishVolumeRequest {
+            volume_id: id.into(),
+            node_id: self.nodes[i].node_id.clone(),
+            ..Default::default()
+        };
+        let mut ctrl = self.ctrl().await;
+        ctrl.controller_unpublish_volume(req)
+            .await
+            .unwrap_or_else(|e| panic!("ControllerUnpublish {id} from node {i}: {e:?}"));
+    }
+
     /// NodeStage + NodePublish only (a CO that skipped ControllerPublish).
     pub async fn node_attach(
         &self,

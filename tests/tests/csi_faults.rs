@@ -285,16 +285,7 @@ async fn a_force_detach_from_a_dead_node_frees_the_volume() {
         Code::FailedPrecondition,
     )
     .await;
-    let detach = csi::ControllerUnpublishVolumeRequest {
-        volume_id: id.clone(),
-        node_id: c.nodes[0].node_id.clone(),
-        ..Default::default()
-    };
-    c.ctrl()
-        .await
-        .controller_unpublish_volume(detach)
-        .await
-        .unwrap();
+    c.detach_from(0, &id).await;
     let target = c
         .attach(1, &id, cap, false, "shop", "pod")
         .await

@@ -88,16 +88,7 @@ async fn a_released_stage_no_longer_serves_its_node() {
             .attach(0, &id, cap.clone(), false, "shop", name)
             .await
             .unwrap();
-        let detach = csi::ControllerUnpublishVolumeRequest {
-            volume_id: id.clone(),
-            node_id: c.nodes[0].node_id.clone(),
-            ..Default::default()
-        };
-        c.ctrl()
-            .await
-            .controller_unpublish_volume(detach)
-            .await
-            .unwrap();
+        c.detach_from(0, &id).await;
         // Before n2 has it, only the released stage stands in n1's way.
         let staging = c.path(0, &format!("staging-{id}"));
         let again = publish_req(
@@ -232,12 +223,7 @@ async fn a_source_being_copied_cannot_be_deleted() {
         ctrl.controller_publish_volume(publish)
             .await
             .expect("publishing the source goes on");
-        let unpublish = csi::ControllerUnpublishVolumeRequest {
-            volume_id: src.clone(),
-            node_id: node.clone(),
-            ..Default::default()
-        };
-        ctrl.controller_unpublish_volume(unpublish).await.unwrap();
+        c.detach_from(0, &src).await;
     };
     while_copying(
         &marker,

@@ -109,19 +109,8 @@ fn recv(socket: &Socket, buf: &mut [u8]) -> Result<usize, ConntrackError> {
 }
 
 /// The messages of one read.
-fn messages(mut data: &[u8]) -> Result<Vec<NetlinkMessage<NetfilterMessage>>, ConntrackError> {
-    let mut out = Vec::new();
-    while !data.is_empty() {
-        let msg = NetlinkMessage::<NetfilterMessage>::deserialize(data)
-            .map_err(|e| ConntrackError::Decode(e.to_string()))?;
-        let len = (msg.header.length as usize + 3) & !3;
-        if len == 0 {
-            return Err(ConntrackError::Decode("zero-length message".into()));
-        }
-        data = data.get(len..).unwrap_or_default();
-        out.push(msg);
-    }
-    Ok(out)
+fn messages(data: &[u8]) -> Result<Vec<NetlinkMessage<NetfilterMessage>>, ConntrackError> {
+    super::nflog::netfilter_messages(data).map_err(ConntrackError::Decode)
 }
 
 fn read_dump(socket: &Socket, mask: u32) -> Result<Vec<Marked>, ConntrackError> {

@@ -140,18 +140,30 @@ impl DropFeed for NflogGroup {
     }
 }
 
-/// The logged packets among the messages of one read, with the index of
-/// the link each came in on.
-fn packets(mut data: &[u8]) -> Result<Vec<(LoggedPacket, Option<u32>)>, NflogError> {
+/// The netfilter messages of one read from a netlink socket (several may
+/// share it, each padded to 4 bytes).
+pub(super) fn netfilter_messages(
+    mut data: &[u8],
+) -> Result<Vec<NetlinkMessage<NetfilterMessage>>, String> {
     let mut out = Vec::new();
     while !data.is_empty() {
-        let msg = NetlinkMessage::<NetfilterMessage>::deserialize(data)
-            .map_err(|e| NflogError::Decode(e.to_string()))?;
+        let msg =
+            NetlinkMessage::<NetfilterMessage>::deserialize(data).map_err(|e| e.to_string())?;
         let len = (msg.header.length as usize + 3) & !3;
         if len == 0 {
-            return Err(NflogError::Decode("zero-length message".into()));
+            return Err("zero-length message".into());
         }
         data = data.get(len..).unwrap_or_default();
+        out.push(msg);
+    }
+    Ok(out)
+}
+
+/// The logged packets among the messages of one read, with the index of
+/// the link each came in on.
+fn packets(data: &[u8]) -> Result<Vec<(LoggedPacket, Option<u32>)>, NflogError> {
+    let mut out = Vec::new();
+    for msg in netfilter_messages(data).map_err(NflogError::Decode)? {
         if let NetlinkPayload::InnerMessage(NetfilterMessage {
             inner: NetfilterMessageInner::ULog(ULogMessage::Packet(nlas)),
             ..
