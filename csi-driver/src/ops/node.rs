@@ -81,7 +81,13 @@ pub fn stage(d: &Driver, id: &str, staging: &str, cap: &Capability) -> Result<()
         }
     };
     d.crash_point("stage-after-mount");
-    d.store.put_stage(&record(device))?;
+    let _lock = d.store.lock()?;
+    // A force-detach meanwhile released the claim: the record keeps saying so.
+    let released = d.store.stage(&d.node_id, id)?.is_some_and(|s| s.released);
+    d.store.put_stage(&Stage {
+        released,
+        ..record(device)
+    })?;
     info!(volume_id = %id, staging_path = %staging, mode = ?cap.mode, "volume staged");
     Ok(())
 }
