@@ -30,6 +30,9 @@ fn main() -> anyhow::Result<()> {
         mounter: Box::new(mount::LinuxMounter),
         loops: Box::new(backend::LosetupLoops),
         quotas: args.driver_config()?.project_quotas,
+        boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
         crash_at: std::env::var("MOAT_CSI_CRASH_AT").ok(),
         pause_at: std::env::var("MOAT_CSI_PAUSE_AT").ok(),
     };

@@ -3,7 +3,7 @@
 
 use moat_csi_proto as csi;
 use moat_e2e::csi::{
-    block_cap, create_req, is_mounted, mount_cap, refused, write_in, Cluster, Mode, MIB,
+    block_cap, create_req, is_mounted, mount_cap, refused, stage_req, write_in, Cluster, Mode, MIB,
 };
 use nix::sys::signal::Signal;
 use tonic::Code;
@@ -314,6 +314,71 @@ async fn a_failed_stage_leaves_no_loop_device() {
         Code::Internal,
     )
     .await;
+    let loops = std::process::Command::new("losetup")
+        .arg("--associated")
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(
+        loops.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&loops.stdout)
+    );
+}
+
+/// A NodeStage killed after its mount, before its record had the loop
+/// device: the retried NodeStage completes the record rather than take the
+/// mount for a finished stage, so the volume can still be grown on the node
+/// and its device goes at NodeUnstage.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stage_killed_after_its_mount_is_completed_by_the_retry() {
+    let mut c = Cluster::new(&["n1"]);
+    let cap = mount_cap(Mode::SingleNodeWriter, "btrfs");
+    let id = c
+        .create("pvc-stage-kill", 128 * MIB, cap.clone(), "shop")
+        .await;
+    c.nodes[0].stop(Signal::SIGTERM);
+    c.nodes[0].set_env("MOAT_CSI_CRASH_AT", Some("stage-after-mount"));
+    c.start(Some(0));
+    let staging = c.path(0, "staging");
+    let stage = stage_req(&id, &staging, cap.clone());
+    assert!(c
+        .node(0)
+        .await
+        .node_stage_volume(stage.clone())
+        .await
+        .is_err());
+    assert!(!c.nodes[0].wait_exit().success(), "no crash");
+    c.nodes[0].set_env("MOAT_CSI_CRASH_AT", None);
+    c.start(Some(0));
+    let mut node = c.node(0).await;
+    node.node_stage_volume(stage)
+        .await
+        .expect("the retry finishes the stage");
+    let grow = csi::ControllerExpandVolumeRequest {
+        volume_id: id.clone(),
+        capacity_range: Some(csi::CapacityRange {
+            required_bytes: 256 * MIB,
+            limit_bytes: 0,
+        }),
+        ..Default::default()
+    };
+    c.ctrl().await.controller_expand_volume(grow).await.unwrap();
+    let grow_here = csi::NodeExpandVolumeRequest {
+        volume_id: id.clone(),
+        volume_path: staging.clone(),
+        staging_target_path: staging.clone(),
+        ..Default::default()
+    };
+    node.node_expand_volume(grow_here)
+        .await
+        .expect("the stage knows its device");
+    let unstage = csi::NodeUnstageVolumeRequest {
+        volume_id: id.clone(),
+        staging_target_path: staging,
+    };
+    node.node_unstage_volume(unstage).await.unwrap();
+    let image = c.pool.join(format!("volumes/{id}.img"));
     let loops = std::process::Command::new("losetup")
         .arg("--associated")
         .arg(&image)

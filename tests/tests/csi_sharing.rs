@@ -320,3 +320,37 @@ async fn a_node_restarted_without_its_mounts_drops_its_stage_records() {
         .await
         .expect("the stale stage no longer holds the volume");
 }
+
+/// A stage record from an earlier boot is dropped at the node's start, even
+/// one with nothing mounted to check (a shared-directory volume's).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stage_record_of_an_earlier_boot_is_dropped_at_start() {
+    let mut c = Cluster::new(&["n1"]);
+    let rwx = mount_cap(Mode::MultiNodeMultiWriter, "");
+    let id = c
+        .create("pvc-earlier-boot", 64 * MIB, rwx.clone(), "shop")
+        .await;
+    c.node(0)
+        .await
+        .node_stage_volume(stage_req(&id, &c.path(0, "staging"), rwx))
+        .await
+        .unwrap();
+    c.nodes[0].stop(Signal::SIGTERM);
+    let records: Vec<_> = std::fs::read_dir(c.pool.join(".moat/stages"))
+        .unwrap()
+        .map(|d| d.unwrap().path().join(format!("{id}.json")))
+        .filter(|p| p.exists())
+        .collect();
+    assert_eq!(records.len(), 1);
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&records[0]).unwrap()).unwrap();
+    assert!(
+        record["boot"].is_string(),
+        "stages record their boot: {record}"
+    );
+    record["boot"] = "an-earlier-boot".into();
+    std::fs::write(&records[0], record.to_string()).unwrap();
+    c.start(Some(0));
+    c.node(0).await; // serving: its start-up reconcile is done
+    assert!(!records[0].exists(), "the earlier boot's record is gone");
+}

@@ -6,7 +6,8 @@ use std::collections::BTreeSet;
 use tracing::{info, warn};
 
 use super::layout::{
-    forget_layout, layout_exists, load_layout, next_epoch, save_layout, settings, Built, Layout,
+    epoch_applied, forget_layout, layout_exists, load_layout, next_epoch, save_layout, settings,
+    Built, Layout,
 };
 use crate::firewall::Firewall;
 use crate::ipam::{Attachment, IpStore};
@@ -208,6 +209,7 @@ pub fn rebuild<S: IpStore, F: Firewall>(
         mapped,
         settings: settings(&spec, policy),
     });
+    epoch_applied(conf, &mut layout, fw);
     // Best effort: a lost file costs a rebuild, not correctness.
     if let Err(e) = save_layout(conf, &layout) {
         warn!(error = %e, "cannot record the table layout");
@@ -283,6 +285,9 @@ pub fn pod_changed<S: IpStore, F: Firewall>(
     if let Err(e) = fw.apply(what, &batch) {
         info!(error = %e, "incremental update failed; rebuilding the table");
         return rebuild(conf, store, fw, &policy);
+    }
+    if !added {
+        epoch_applied(conf, &mut layout, fw);
     }
     if added && !(known.chain && known.group) {
         let built = layout.built.as_mut().expect("checked above");
@@ -372,14 +377,17 @@ fn in_place<S: IpStore, F: Firewall>(
         return rebuild(conf, store, fw, &policy);
     };
     let (mut batch, made) = plan(&policy, &layout.groups, &built.chains)?;
-    if !batch.elements.is_empty() || !made.is_empty() {
-        if let Some(m) = epoch {
-            batch.set_epoch(m);
-        }
+    // The epoch moved above goes in even when nothing else changes: the
+    // table's epoch is always the layout's.
+    if let Some(m) = epoch {
+        batch.set_epoch(m);
+    }
+    if !batch.elements.is_empty() || !made.is_empty() || epoch.is_some() {
         if let Err(e) = fw.apply(what, &batch) {
             info!(error = %e, what, "change in place failed; rebuilding the table");
             return rebuild(conf, store, fw, &policy);
         }
+        epoch_applied(conf, &mut layout, fw);
     }
     built.chains.extend(made);
     built.settings = settings(&spec(conf), &policy);

@@ -34,12 +34,18 @@ pub struct Layout {
     /// it once, for the group and the elements.
     #[serde(skip)]
     pub(super) policy: Policy,
-    /// Recovered from the records, the file lost: which epochs connections
-    /// may carry is unknown until the next epoch move sweeps them. Saved:
-    /// the first ADD saves the layout (its group) before the rebuild reads
-    /// it again.
+    /// Connections may carry epochs of an earlier round (the counter came
+    /// round; the file was lost; the mark bits changed): the next epoch
+    /// move first clears every mark of them ([`next_epoch`]).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    recovered: bool,
+    sweep_due: bool,
+    /// A sweep ran before the epoch being applied: once it is in, marks
+    /// made meanwhile with the previous epoch go too ([`epoch_applied`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    sweep_after: bool,
+    /// The mark bits the epoch was last moved in.
+    #[serde(default)]
+    mark_mask: u32,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -101,7 +107,9 @@ pub(super) fn load_layout<S: IpStore>(
         built: None,
         epoch: recovered_epoch(),
         policy: policy.clone(),
-        recovered: true,
+        sweep_due: true,
+        sweep_after: false,
+        mark_mask: 0,
     })
 }
 
@@ -116,8 +124,8 @@ fn recovered_epoch() -> u64 {
 /// comes round to values it used before (or nobody knows which it used),
 /// connections first lose whatever epoch their marks carry: one marked a
 /// round ago, and idle since the change that closed it, would otherwise
-/// pass when its old epoch is current again. Best effort: a failed sweep
-/// leaves only that case open, and must not fail the DEL or change.
+/// pass when its old epoch is current again. Best effort: a failed sweep is
+/// tried again at the next move, and must not fail the DEL or change.
 pub(super) fn next_epoch<F: Firewall>(
     conf: &NetConf,
     layout: &mut Layout,
@@ -127,20 +135,45 @@ pub(super) fn next_epoch<F: Firewall>(
     let mask = conf.isolation.flow_mark_mask;
     let m = mark(mask, layout.epoch);
     if m.is_some() {
-        save_layout(conf, layout)?;
-        if layout.recovered || comes_round(mask, layout.epoch) {
-            match fw.forget_marks(mask) {
-                Ok(n) => info!(
-                    epoch = layout.epoch,
-                    connections = n,
-                    "epochs forgotten: the counter came round"
-                ),
-                Err(e) => warn!(error = %e, "cannot clear old epochs from conntrack marks"),
-            }
-            layout.recovered = false;
+        if layout.mark_mask != mask {
+            (layout.sweep_due, layout.mark_mask) = (true, mask);
         }
+        if layout.sweep_due || comes_round(mask, layout.epoch) {
+            layout.sweep_due = !sweep(fw, mask, None, layout.epoch);
+            layout.sweep_after = true;
+        }
+        save_layout(conf, layout)?;
     }
     Ok(m)
+}
+
+/// After a transaction that applied the epoch [`next_epoch`] swept for:
+/// connections the rules accepted between that sweep and the transaction
+/// carry the previous epoch, which comes round again before the next sweep.
+pub(super) fn epoch_applied<F: Firewall>(conf: &NetConf, layout: &mut Layout, fw: &mut F) {
+    let mask = conf.isolation.flow_mark_mask;
+    let Some(m) = mark(mask, layout.epoch).filter(|_| layout.sweep_after) else {
+        return;
+    };
+    if sweep(fw, mask, Some(m.value), layout.epoch) {
+        layout.sweep_after = false;
+        if let Err(e) = save_layout(conf, layout) {
+            warn!(error = %e, "cannot record the table layout");
+        }
+    }
+}
+
+fn sweep<F: Firewall>(fw: &mut F, mask: u32, keep: Option<u32>, epoch: u64) -> bool {
+    match fw.forget_marks(mask, keep) {
+        Ok(n) => {
+            info!(epoch, connections = n, kept = ?keep, "old epochs cleared from conntrack marks");
+            true
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot clear old epochs from conntrack marks");
+            false
+        }
+    }
 }
 
 pub(super) fn save_layout(conf: &NetConf, layout: &Layout) -> Result<(), CniError> {

@@ -10,7 +10,8 @@
 //! naming it by its original tuple as the dump gave it.
 
 use netlink_packet_core::{
-    DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST,
+    DefaultNla, NetlinkHeader, NetlinkMessage, NetlinkPayload, Nla, NLM_F_ACK, NLM_F_DUMP,
+    NLM_F_REQUEST,
 };
 use netlink_packet_netfilter::conntrack::{ConntrackAttribute, ConntrackMessage, Tuple};
 use netlink_packet_netfilter::{
@@ -22,6 +23,8 @@ use crate::netlink::socket::connected;
 
 /// CTA_MARK_MASK: the update changes only these bits of the mark.
 const CTA_MARK_MASK: u16 = 21;
+/// CTA_ZONE: a connection is named by its tuple within its zone.
+const CTA_ZONE: u16 = 18;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConntrackError {
@@ -42,23 +45,31 @@ pub enum ConntrackError {
 pub struct Marked {
     pub family: NetfilterProtoFamily,
     pub tuple: Vec<Tuple>,
+    /// Its zone, if it is not in the default one.
+    pub zone: Option<DefaultNla>,
     pub mark: u32,
 }
 
-/// Clear `mask`'s bits in every connection's mark in the calling thread's
-/// network namespace; returns how many connections had any. A connection
-/// that ends between the dump and its update is skipped.
-pub fn forget_bits(mask: u32) -> Result<usize, ConntrackError> {
+/// Clear `mask`'s bits in the mark of every connection that has any of
+/// them, except where they equal `keep`, in the calling thread's network
+/// namespace; returns how many connections it cleared. A connection that
+/// ends between the dump and its update is skipped.
+pub fn forget_bits(mask: u32, keep: Option<u32>) -> Result<usize, ConntrackError> {
     let socket = connected(NETLINK_NETFILTER).map_err(ConntrackError::Open)?;
     let get = ConntrackMessage::Get(vec![]);
     send(&socket, NetfilterProtoFamily::Unspec, get, NLM_F_DUMP, 1)?;
-    let marked = read_dump(&socket, mask)?;
+    let marked: Vec<Marked> = read_dump(&socket, mask)?
+        .into_iter()
+        .filter(|m| Some(m.mark & mask) != keep)
+        .collect();
     for (i, m) in marked.iter().enumerate() {
-        let update = ConntrackMessage::New(vec![
+        let mut attrs = vec![
             ConntrackAttribute::CtaTupleOrig(m.tuple.clone()),
             ConntrackAttribute::CtaMark(0),
             ConntrackAttribute::Other(DefaultNla::new(CTA_MARK_MASK, mask.to_be_bytes().to_vec())),
-        ]);
+        ];
+        attrs.extend(m.zone.clone().map(ConntrackAttribute::Other));
+        let update = ConntrackMessage::New(attrs);
         let seq = i as u32 + 2;
         send(&socket, m.family, update, NLM_F_ACK, seq)?;
         match read_ack(&socket)? {
@@ -120,6 +131,14 @@ fn read_dump(socket: &Socket, mask: u32) -> Result<Vec<Marked>, ConntrackError> 
         let n = recv(socket, &mut buf)?;
         for msg in messages(&buf[..n])? {
             match msg.payload {
+                // A dump cut short ends with its error in the Done message.
+                NetlinkPayload::Done(d) if d.code != 0 => {
+                    let source = std::io::Error::from_raw_os_error(d.code.abs());
+                    return Err(ConntrackError::Io {
+                        what: "dump",
+                        source,
+                    });
+                }
                 NetlinkPayload::Done(_) => return Ok(out),
                 NetlinkPayload::Error(e) if e.code.is_some() => {
                     return Err(ConntrackError::Io {
@@ -139,18 +158,19 @@ pub fn marked(msg: NetfilterMessage, mask: u32) -> Option<Marked> {
     let NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)) = msg.inner else {
         return None;
     };
-    let mut tuple = None;
-    let mut mark = 0;
+    let (mut tuple, mut zone, mut mark) = (None, None, 0);
     for a in attrs {
         match a {
             ConntrackAttribute::CtaTupleOrig(t) => tuple = Some(t),
             ConntrackAttribute::CtaMark(m) => mark = m,
+            ConntrackAttribute::Other(nla) if nla.kind() == CTA_ZONE => zone = Some(nla),
             _ => {}
         }
     }
     (mark & mask != 0).then_some(Marked {
         family: msg.header.family,
         tuple: tuple?,
+        zone,
         mark,
     })
 }

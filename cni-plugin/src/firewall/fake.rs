@@ -18,9 +18,9 @@ pub struct FakeFirewall {
     pub others: BTreeMap<String, Value>,
     /// Transactions (by `what`) that fail, as a flushed or busy table would.
     pub failing: Vec<&'static str>,
-    /// The masks of every conntrack sweep, and where it came in the
+    /// Every conntrack sweep (mask, kept value), and where it came in the
     /// transactions (the number applied before it).
-    pub swept: Vec<(u32, usize)>,
+    pub swept: Vec<(u32, Option<u32>, usize)>,
 }
 
 impl Firewall for FakeFirewall {
@@ -63,8 +63,8 @@ impl Firewall for FakeFirewall {
     fn drops(&mut self, _: &str) -> Result<Vec<DropCount>, FirewallError> {
         Ok(Vec::new())
     }
-    fn forget_marks(&mut self, mask: u32) -> Result<usize, FirewallError> {
-        self.swept.push((mask, self.applied.len()));
+    fn forget_marks(&mut self, mask: u32, keep: Option<u32>) -> Result<usize, FirewallError> {
+        self.swept.push((mask, keep, self.applied.len()));
         Ok(0)
     }
 }

@@ -63,9 +63,9 @@ pub trait Firewall {
     fn inet_tables(&mut self) -> Result<Vec<String>, FirewallError>;
     /// Per (source, destination) packet counts of dropped cross-tenant traffic.
     fn drops(&mut self, table: &str) -> Result<Vec<DropCount>, FirewallError>;
-    /// Clear `mask`'s bits in every connection's conntrack mark; returns
-    /// how many connections had any.
-    fn forget_marks(&mut self, mask: u32) -> Result<usize, FirewallError>;
+    /// Clear `mask`'s bits in every connection's conntrack mark that has
+    /// any, except where they equal `keep`; returns how many it cleared.
+    fn forget_marks(&mut self, mask: u32, keep: Option<u32>) -> Result<usize, FirewallError>;
 }
 
 pub struct NftFirewall {
@@ -201,8 +201,8 @@ impl Firewall for NftFirewall {
         Ok(out)
     }
 
-    fn forget_marks(&mut self, mask: u32) -> Result<usize, FirewallError> {
-        Ok(conntrack::forget_bits(mask)?)
+    fn forget_marks(&mut self, mask: u32, keep: Option<u32>) -> Result<usize, FirewallError> {
+        Ok(conntrack::forget_bits(mask, keep)?)
     }
 }
 

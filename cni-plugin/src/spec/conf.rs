@@ -281,14 +281,16 @@ fn validate_table_name(name: &str) -> Result<(), CniError> {
 
 /// Epochs are counted in one run of bits: a mask with holes would need a
 /// scatter of the counter that no operator expects.
+/// One run of at least two bits, or 0 (off). With one bit the epoch could
+/// never move: a connection once accepted would pass for good.
 fn validate_mark_mask(mask: u32) -> Result<(), CniError> {
     let run = mask.checked_shr(mask.trailing_zeros()).unwrap_or(0);
-    if mask == 0 || run & run.wrapping_add(1) == 0 {
+    if mask == 0 || (run & run.wrapping_add(1) == 0 && mask.count_ones() >= 2) {
         return Ok(());
     }
     Err(CniError::new(
         Code::InvalidConfig,
-        format!("isolation.flowMarkMask {mask:#010x} is not one run of bits"),
+        format!("isolation.flowMarkMask {mask:#010x} is not one run of two bits or more"),
     ))
 }
 
@@ -406,6 +408,12 @@ mod tests {
         assert_eq!(with(0x00ff_0000).unwrap(), 0x00ff_0000);
         assert_eq!(with(u32::MAX).unwrap(), u32::MAX);
         assert_eq!(with(0x0f0f_0000).unwrap_err().code, Code::InvalidConfig);
+        assert_eq!(
+            with(0x0000_1000).unwrap_err().code,
+            Code::InvalidConfig,
+            "one bit"
+        );
+        assert_eq!(with(0x0000_3000).unwrap(), 0x3000);
         let default = NetConf::parse(CONF.as_bytes(), "moat").unwrap();
         assert_eq!(default.isolation.flow_mark_mask, DEFAULT_FLOW_MARK_MASK);
     }

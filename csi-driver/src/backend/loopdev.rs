@@ -10,10 +10,18 @@ use super::{run, BackendError};
 pub trait Loops: Send + Sync {
     /// A new loop device over `file`, whatever others there are.
     fn attach_new(&self, file: &Path, readonly: bool) -> Result<PathBuf, BackendError>;
-    /// A loop device over `file` that is read-only, or writable, as asked: a
-    /// block volume staged writable may also have read-only devices of its
-    /// read-only publications.
-    fn find(&self, file: &Path, readonly: bool) -> Result<Option<PathBuf>, BackendError>;
+    /// Every loop device over `file`, and whether it is read-only: a block
+    /// volume may have a stage's device and read-only ones of its read-only
+    /// publications.
+    fn associated(&self, file: &Path) -> Result<Vec<(PathBuf, bool)>, BackendError>;
+    /// A loop device over `file` that is read-only, or writable, as asked.
+    fn find(&self, file: &Path, readonly: bool) -> Result<Option<PathBuf>, BackendError> {
+        Ok(self
+            .associated(file)?
+            .into_iter()
+            .find(|(_, ro)| *ro == readonly)
+            .map(|(dev, _)| dev))
+    }
     /// Detach; a device still mounted is freed when its last user goes.
     fn detach(&self, device: &Path) -> Result<(), BackendError>;
     /// Re-read the backing file's size after it grew.
@@ -52,15 +60,14 @@ impl Loops for LosetupLoops {
         Ok(PathBuf::from(losetup(&args)?))
     }
 
-    fn find(&self, file: &Path, readonly: bool) -> Result<Option<PathBuf>, BackendError> {
+    fn associated(&self, file: &Path) -> Result<Vec<(PathBuf, bool)>, BackendError> {
         let f = file.to_string_lossy();
         let out = losetup(&["--noheadings", "--output", "NAME,RO", "--associated", &f])?;
-        let want = if readonly { "1" } else { "0" };
         Ok(out
             .lines()
             .filter_map(|l| l.trim().split_once(char::is_whitespace))
-            .find(|(_, ro)| ro.trim() == want)
-            .map(|(name, _)| PathBuf::from(name)))
+            .map(|(name, ro)| (PathBuf::from(name), ro.trim() == "1"))
+            .collect())
     }
 
     fn detach(&self, device: &Path) -> Result<(), BackendError> {

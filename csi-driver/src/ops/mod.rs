@@ -5,6 +5,7 @@ pub mod controller;
 pub mod node;
 pub mod reconcile;
 pub mod snapshot;
+pub mod stage;
 
 use std::collections::BTreeMap;
 
@@ -50,6 +51,8 @@ pub struct Driver {
     pub loops: Box<dyn Loops>,
     /// Per-project capacity quota in bytes.
     pub quotas: BTreeMap<String, u64>,
+    /// This boot's id (`/proc/sys/kernel/random/boot_id`), empty if unknown.
+    pub boot_id: String,
     /// Test hook: abort the process at this named point, as a SIGKILL would.
     pub crash_at: Option<String>,
     /// Test hook, `point:file`: at this named point, make `file.reached`

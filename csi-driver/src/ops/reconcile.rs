@@ -66,7 +66,9 @@ fn stages(d: &Driver) -> Result<()> {
     for (id, stage) in d.store.node_stages(&d.node_id)? {
         let kept = match (&stage, d.store.volume(&id)?) {
             (None, _) => false,
-            (Some(s), Some(v)) => super::node::still_staged(d, &v, s)?,
+            // An earlier boot's: nothing of it is left, a Dir's neither.
+            (Some(s), _) if !s.boot.is_empty() && s.boot != d.boot_id => false,
+            (Some(s), Some(v)) => super::stage::still_staged(d, &v, s)?,
             (Some(s), None) => d.mounter.mounted(Path::new(&s.staging_path))?.is_some(),
         };
         if !kept {

@@ -194,7 +194,11 @@ impl Store {
             }
             match read(&node_dir.join(format!("{volume_id}.json"))) {
                 Ok(s) => out.extend(s),
-                Err(e) => tracing::warn!(error = %e, "unreadable stage record skipped"),
+                // Torn, not unreadable: an I/O error must not hide a holder.
+                Err(e @ StateError::Parse { .. }) => {
+                    tracing::warn!(error = %e, "corrupt stage record skipped")
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(out)

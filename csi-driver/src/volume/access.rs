@@ -230,16 +230,14 @@ pub fn node_publish(
 /// NodeStage on `node`, judged against the volume's stages on every node
 /// (the records live in the shared pool): a volume for one node at a time is
 /// staged on one node at a time, whether or not the CO asked ControllerPublish
-/// first. Stages the CO has detached (force-detach) no longer count, nor do
-/// records from before stages kept their mode (nothing may ever release a
-/// stale one); NodePublish still checks those volumes' publications.
+/// first. Stages the CO has detached (force-detach) no longer count. A
+/// record from before stages kept their mode holds the volume against a
+/// single-node request (its node's start-up drops it once stale).
 pub fn node_stage(stages: &[Stage], node: &str, mode: AccessMode) -> Result<(), Refusal> {
     let holder = stages
         .iter()
         .filter(|s| s.node_id != node && !s.released)
-        .filter_map(|s| Some((s, s.mode?)))
-        .find(|(_, theirs)| mode.single_node() || theirs.single_node())
-        .map(|(s, _)| s);
+        .find(|s| mode.single_node() || s.mode.is_some_and(AccessMode::single_node));
     match holder {
         Some(s) => Err(Refusal::Held(format!(
             "volume is staged on node {} ({:?}) and may be used by one node at a time",

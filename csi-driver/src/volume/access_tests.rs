@@ -237,6 +237,7 @@ fn stages(entries: &[(&str, Option<AccessMode>, bool)]) -> Vec<Stage> {
             readonly: false,
             mode: *mode,
             released: *released,
+            boot: String::new(),
         })
         .collect()
 }
@@ -257,10 +258,10 @@ fn a_single_node_volume_is_staged_on_one_node_at_a_time() {
     let rox = stages(&[("n1", Some(MultiNodeReaderOnly), false)]);
     assert!(node_stage(&rox, "n2", MultiNodeReaderOnly).is_ok());
     assert!(held(node_stage(&rox, "n2", SingleNodeSingleWriter)));
-    // A record from before modes were kept: nothing may ever release a
-    // stale one, so it holds nothing (NodePublish still checks).
+    // A record from before modes were kept judges by the request alone.
     let old = stages(&[("n1", None, false)]);
-    assert!(node_stage(&old, "n2", SingleNodeWriter).is_ok());
+    assert!(node_stage(&old, "n2", MultiNodeMultiWriter).is_ok());
+    assert!(held(node_stage(&old, "n2", SingleNodeWriter)));
     // Force-detached from n1: n1's stage no longer counts.
     let released = stages(&[("n1", Some(SingleNodeWriter), true)]);
     assert!(node_stage(&released, "n2", SingleNodeWriter).is_ok());

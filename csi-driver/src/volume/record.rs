@@ -101,4 +101,9 @@ pub struct Stage {
     /// NodeUnstage, should the node come back.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub released: bool,
+    /// The node's boot id when it staged: a record from an earlier boot has
+    /// no mount left, and nodes with one boot id share one kernel (kind,
+    /// simulated nodes) and so their loop devices.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub boot: String,
 }
