@@ -429,6 +429,21 @@ impl Cluster {
             .await
     }
 
+    /// The loop devices over volume `id`'s image, and whether each is
+    /// read-only.
+    pub fn loops_of(&self, id: &str) -> Vec<(String, bool)> {
+        let out = Command::new("losetup")
+            .args(["--noheadings", "--output", "NAME,RO", "--associated"])
+            .arg(self.pool.join(format!("volumes/{id}.img")))
+            .output()
+            .expect("losetup");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.trim().split_once(char::is_whitespace))
+            .map(|(name, ro)| (name.to_string(), ro.trim() == "1"))
+            .collect()
+    }
+
     /// ControllerUnpublish of `id` from node `i`: the end of a detach, or a
     /// force-detach from a node taken for gone.
     pub async fn detach_from(&self, i: usize, id: &str) {

@@ -245,11 +245,6 @@ async fn block_volume_is_a_writable_device_node() {
         target_path: ro.clone(),
     };
     c.node(0).await.node_unpublish_volume(unpub).await.unwrap();
-    let loops = std::process::Command::new("losetup")
-        .args(["--noheadings", "--output", "RO", "--associated"])
-        .arg(c.pool.join(format!("volumes/{id}.img")))
-        .output()
-        .unwrap();
-    let ro_loops = String::from_utf8_lossy(&loops.stdout).matches('1').count();
+    let ro_loops = c.loops_of(&id).into_iter().filter(|(_, ro)| *ro).count();
     assert_eq!(ro_loops, 0, "the publication's own device is detached");
 }

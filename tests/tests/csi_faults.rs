@@ -314,16 +314,7 @@ async fn a_failed_stage_leaves_no_loop_device() {
         Code::Internal,
     )
     .await;
-    let loops = std::process::Command::new("losetup")
-        .arg("--associated")
-        .arg(&image)
-        .output()
-        .unwrap();
-    assert!(
-        loops.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&loops.stdout)
-    );
+    assert_eq!(c.loops_of(&id), [], "no loop device left");
 }
 
 /// A NodeStage killed after its mount, before its record had the loop
@@ -378,15 +369,5 @@ async fn a_stage_killed_after_its_mount_is_completed_by_the_retry() {
         staging_target_path: staging,
     };
     node.node_unstage_volume(unstage).await.unwrap();
-    let image = c.pool.join(format!("volumes/{id}.img"));
-    let loops = std::process::Command::new("losetup")
-        .arg("--associated")
-        .arg(&image)
-        .output()
-        .unwrap();
-    assert!(
-        loops.stdout.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&loops.stdout)
-    );
+    assert_eq!(c.loops_of(&id), [], "no loop device left");
 }

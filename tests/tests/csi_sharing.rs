@@ -296,14 +296,8 @@ async fn a_node_restarted_without_its_mounts_drops_its_stage_records() {
         assert!(ok.success(), "{prog} {args:?}");
     };
     run("umount", &[&staging]);
-    let image = c.pool.join(format!("volumes/{id}.img"));
-    let devices = std::process::Command::new("losetup")
-        .args(["--noheadings", "--output", "NAME", "--associated"])
-        .arg(&image)
-        .output()
-        .unwrap();
-    for dev in String::from_utf8_lossy(&devices.stdout).split_whitespace() {
-        run("losetup", &["--detach", dev]);
+    for (dev, _) in c.loops_of(&id) {
+        run("losetup", &["--detach", &dev]);
     }
     let elsewhere = c.path(1, "staging");
     let stale = stage_req(&id, &elsewhere, rwo.clone());
