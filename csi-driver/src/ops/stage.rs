@@ -195,12 +195,12 @@ pub fn unstage(d: &Driver, id: &str, staging: &str) -> Result<()> {
     // volume's loop device: after a force-detach another node may have
     // staged the volume on the one this node attached. A mounted device
     // outlives its detach, a block volume's does not.
-    let here = |o: &Stage| o.node_id != d.node_id && !o.released && !o.boot.is_empty();
+    let same_kernel = |o: &Stage| !d.boot_id.is_empty() && o.boot == d.boot_id;
     let others: Vec<Stage> = d
         .store
         .stages_of(id)?
         .into_iter()
-        .filter(|o| here(o) && o.boot == d.boot_id)
+        .filter(|o| o.node_id != d.node_id && !o.released && same_kernel(o))
         .collect();
     match &record {
         Some(s) if !others.iter().any(|o| o.readonly == s.readonly) => {
